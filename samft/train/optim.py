@@ -45,8 +45,9 @@ class OptimConfig:
                 f"optim.schedule must be 'cosine', 'step' or 'constant', got '{self.schedule}'"
             )
         if self.lr <= 0 or (self.encoder_lr is not None and self.encoder_lr <= 0):
-            raise ValueError(f"learning rates must be positive (lr={self.lr}, "
-                             f"encoder_lr={self.encoder_lr})")
+            raise ValueError(
+                f"learning rates must be positive (lr={self.lr}, encoder_lr={self.encoder_lr})"
+            )
         self.betas = tuple(self.betas)
         self.step_milestones = list(self.step_milestones)
 

@@ -56,7 +56,8 @@ def test_warmup_then_cosine():
     assert lr_multiplier(60, 110, cfg) == pytest.approx(0.5)
     assert lr_multiplier(110, 110, cfg) == pytest.approx(0.0, abs=1e-12)
     cfg.min_lr_ratio = 0.1
-    assert lr_multiplier(60, 110, cfg) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+    expected = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2))
+    assert lr_multiplier(60, 110, cfg) == pytest.approx(expected)
 
 
 def test_step_decay():
