@@ -167,9 +167,9 @@ class PromptedSegmentationMetrics(torchmetrics.Metric):
             if count == 0:
                 continue
             suffix = "" if name == "all" else f"/{name}"
-            out[f"miou{suffix}"] = (self.iou_sum[index] / count).float()
-            out[f"dice{suffix}"] = (self.dice_sum[index] / count).float()
+            out[f"miou{suffix}"] = self.iou_sum[index] / count
+            out[f"dice{suffix}"] = self.dice_sum[index] / count
         if self.iou_head_count > 0:
-            out["iou_head_mae"] = (self.iou_head_error_sum / self.iou_head_count).float()
-        out["num_objects"] = self.count[0].float()
+            out["iou_head_mae"] = self.iou_head_error_sum / self.iou_head_count
+        out["num_objects"] = self.count[0].clone()
         return out
