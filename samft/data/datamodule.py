@@ -1,0 +1,172 @@
+"""Train / val / test loaders for SAM fine-tuning, from plain arguments.
+
+A dataset spec is a mapping naming the format and the reader's arguments, e.g.
+`{"format": "coco", "annotations": "ann/train.json", "images": "images/"}`,
+`{"format": "sa1b", "root": "sa_000000/"}` or
+`{"format": "folder", "images": "img/", "masks": "ann/", "mask_type": "semantic"}`
+(see `samft.data.readers`); a ready `Reader` works too. Distributed sampling is
+Lightning's own: it wraps these loaders in a DistributedSampler when training on
+several devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import albumentations as A
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from samft.data.augment import AugmentSpec, build_augment
+from samft.data.collate import collate_samples
+from samft.data.dataset import SamDataset
+from samft.data.errors import DataError
+from samft.data.prompts import PromptSampler
+from samft.data.readers import Reader, build_reader
+
+DatasetSpec = Mapping[str, Any]
+SPLITS = ("train", "val", "test")
+
+
+def as_prompt_sampler(value: PromptSampler | Mapping[str, Any] | None, name: str) -> PromptSampler:
+    """A PromptSampler from itself, a mapping of its fields (as Hydra may pass it) or None."""
+    if value is None:
+        return PromptSampler()
+    if isinstance(value, PromptSampler):
+        return value
+    if isinstance(value, Mapping):
+        fields = {k: v for k, v in value.items() if not str(k).startswith("_")}
+        try:
+            return PromptSampler(**fields)
+        except TypeError as exc:
+            raise DataError(f"{name}: {exc}") from exc
+    raise DataError(f"{name}: expected a PromptSampler or a mapping, got {type(value).__name__}")
+
+
+class SamDataModule(L.LightningDataModule):
+    """Datasets and loaders of one experiment.
+
+    Args:
+        train, val, test: dataset specs (see module doc) or None for an absent split.
+        image_size: the model's input size S.
+        batch_size: images per batch (each brings up to `max_objects_per_image` objects).
+        num_workers: DataLoader worker processes.
+        max_objects_per_image: K objects drawn per image and sample (None: all).
+        min_area: smallest object kept, in original pixels (also after augmentation).
+        max_area_fraction: largest object kept, as a fraction of the image (paper: 0.9).
+        train_augment: albumentations specs (`{"name": "HorizontalFlip", "p": 0.5}`) or
+            an `A.Compose`; applied to training images only.
+        prompts: prompt sampler of the training split.
+        val_prompts: prompt sampler of val and test (default: `prompts`); their prompts are
+            seeded per image, identical in every epoch.
+        seed: base seed of the deterministic val/test samples.
+        val_max_objects_per_image: K for val and test (default: `max_objects_per_image`).
+        pin_memory: pin batches in page-locked memory (default: when CUDA is available).
+    """
+
+    def __init__(
+        self,
+        train: DatasetSpec | Reader | None = None,
+        val: DatasetSpec | Reader | None = None,
+        test: DatasetSpec | Reader | None = None,
+        image_size: int = 1024,
+        batch_size: int = 2,
+        num_workers: int = 0,
+        max_objects_per_image: int | None = 16,
+        min_area: float = 16,
+        max_area_fraction: float = 0.9,
+        train_augment: Sequence[AugmentSpec] | A.BaseCompose | None = None,
+        prompts: PromptSampler | Mapping[str, Any] | None = None,
+        val_prompts: PromptSampler | Mapping[str, Any] | None = None,
+        seed: int = 0,
+        val_max_objects_per_image: int | None = None,
+        pin_memory: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise DataError(f"data.batch_size = {batch_size}; expected >= 1")
+        if num_workers < 0:
+            raise DataError(f"data.num_workers = {num_workers}; expected >= 0")
+        self.specs = {"train": train, "val": val, "test": test}
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.max_objects_per_image = max_objects_per_image
+        self.val_max_objects_per_image = (
+            val_max_objects_per_image
+            if val_max_objects_per_image is not None
+            else max_objects_per_image
+        )
+        self.min_area = min_area
+        self.max_area_fraction = max_area_fraction
+        self.augment = build_augment(train_augment)
+        self.prompts = as_prompt_sampler(prompts, "data.prompts")
+        self.val_prompts = (
+            as_prompt_sampler(val_prompts, "data.val_prompts")
+            if val_prompts is not None
+            else self.prompts
+        )
+        self.seed = int(seed)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.datasets: dict[str, SamDataset] = {}
+
+    def build_dataset(self, split: str) -> SamDataset:
+        """The dataset of one split ("train", "val" or "test"), built on first use."""
+        if split not in SPLITS:
+            raise DataError(f"split = {split!r}; expected one of {SPLITS}")
+        if split in self.datasets:
+            return self.datasets[split]
+        spec = self.specs[split]
+        if spec is None:
+            raise DataError(f"data.{split} is not set, so there is no {split} dataset")
+        train = split == "train"
+        dataset = SamDataset(
+            build_reader(spec, f"data.{split}"),
+            image_size=self.image_size,
+            prompts=self.prompts if train else self.val_prompts,
+            augment=self.augment if train else None,
+            max_objects_per_image=(
+                self.max_objects_per_image if train else self.val_max_objects_per_image
+            ),
+            min_area=self.min_area,
+            max_area_fraction=self.max_area_fraction,
+            seed=self.seed,
+            deterministic=not train,
+        )
+        if len(dataset) == 0:
+            raise DataError(
+                f"data.{split}: no image has a usable object (skipped: {dict(dataset.skipped)})"
+            )
+        self.datasets[split] = dataset
+        return dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
+        for split in wanted.get(stage or "", SPLITS):
+            if self.specs[split] is not None:
+                self.build_dataset(split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.build_dataset(split),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            collate_fn=collate_samples,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.specs["val"] is None:
+            return []  # Lightning skips validation when there is no loader
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,165 @@
+"""One training sample per image: augmented pixels, K object masks and one prompt each.
+
+The dataset turns a reader's index into samples in the model's input frame (longest side =
+`image_size`, not padded, not normalised) following the batch contract of
+`samft.data.collate`. Objects are filtered once, at construction, and what was skipped is
+kept in `skipped` for the statistics.
+
+Seeding: in training every call draws fresh randomness from torch's generator, which
+Lightning seeds per worker and epoch; with `deterministic=True` (validation, test) a
+sample's randomness comes from `stable_seed(seed, image_id)` alone, so the objects and
+prompts are the same in every epoch, worker and process.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from samft.data.augment import apply_augment
+from samft.data.errors import DataError
+from samft.data.objects import SKIP_IMAGE, choose_objects, large_enough, usable_objects
+from samft.data.prompts import LABEL_PAD, PromptSampler, stable_seed
+from samft.data.readers.base import ImageRecord, Reader
+from samft.data.resize import resize_image, resize_masks
+
+# Runtime counters (per process): objects lost to augmentation and images whose every
+# augmentation attempt lost all objects, so the un-augmented image was used.
+AUG_DROPPED = "objects_dropped_by_augmentation"
+AUG_FALLBACK = "augmentation_fallbacks"
+
+
+class SamDataset(Dataset):
+    """SAM training samples from any reader.
+
+    Args:
+        reader: a CocoReader, Sa1bReader or FolderReader (or any `Reader`).
+        image_size: the model's input size S; images are resized so max(h, w) == S.
+        prompts: how each object's prompt is drawn.
+        augment: albumentations pipeline applied before the resize, or None.
+        max_objects_per_image: K, objects drawn per sample (None: all).
+        min_area: objects smaller than this (original pixels) are skipped, also after
+            augmentation.
+        max_area_fraction: objects covering more of the image than this are skipped.
+        seed: base seed of the deterministic mode.
+        deterministic: draw objects, augmentation and prompts from (seed, image id).
+        max_augment_tries: augmentations tried before falling back to the plain image
+            when every chosen object vanished.
+    """
+
+    def __init__(
+        self,
+        reader: Reader,
+        image_size: int = 1024,
+        prompts: PromptSampler | None = None,
+        augment: A.BaseCompose | None = None,
+        max_objects_per_image: int | None = 16,
+        min_area: float = 16,
+        max_area_fraction: float = 0.9,
+        seed: int = 0,
+        deterministic: bool = False,
+        max_augment_tries: int = 3,
+    ) -> None:
+        if image_size <= 0 or image_size % 16:
+            raise DataError(f"image_size = {image_size}; expected a positive multiple of 16")
+        if max_objects_per_image is not None and max_objects_per_image < 1:
+            raise DataError(f"max_objects_per_image = {max_objects_per_image}; expected >= 1")
+        if not 0 < max_area_fraction <= 1:
+            raise DataError(f"max_area_fraction = {max_area_fraction}; expected in (0, 1]")
+        self.reader = reader
+        self.image_size = int(image_size)
+        self.prompts = prompts if prompts is not None else PromptSampler()
+        self.augment = augment
+        self.max_objects = max_objects_per_image
+        self.min_area = float(min_area)
+        self.max_area_fraction = float(max_area_fraction)
+        self.seed = int(seed)
+        self.deterministic = deterministic
+        self.max_augment_tries = max(int(max_augment_tries), 1)
+        self.skipped: Counter[str] = Counter()
+        self.runtime: Counter[str] = Counter()
+        # (record index, usable object indices) for every image that keeps an object
+        self.items: list[tuple[int, list[int]]] = []
+        for r, record in enumerate(reader.records):
+            usable = usable_objects(record, self.min_area, self.max_area_fraction, self.skipped)
+            if usable:
+                self.items.append((r, usable))
+            else:
+                self.skipped[SKIP_IMAGE] += 1
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def record(self, index: int) -> ImageRecord:
+        return self.reader.records[self.items[index][0]]
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The generator of sample `index` (see the module doc for the seeding rule)."""
+        if self.deterministic:
+            return np.random.default_rng(stable_seed(self.seed, self.record(index).image_id))
+        draw = int(torch.randint(0, 2**62, ()).item())
+        return np.random.default_rng([self.seed, draw, index])
+
+    def _augment(
+        self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Augmented image and masks, and which of the input objects survived (N bool)."""
+        if self.augment is None:
+            return image, masks, np.ones(len(masks), dtype=bool)
+        for _ in range(self.max_augment_tries):
+            new_image, new_masks = apply_augment(self.augment, image, masks, rng)
+            keep = large_enough(new_masks, self.min_area)
+            if keep.any():
+                self.runtime[AUG_DROPPED] += int((~keep).sum())
+                return new_image, new_masks[keep], keep
+        self.runtime[AUG_FALLBACK] += 1
+        return image, masks, np.ones(len(masks), dtype=bool)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record_index, usable = self.items[index]
+        record = self.reader.records[record_index]
+        rng = self.rng(index)
+        chosen = choose_objects(usable, self.max_objects, rng)
+        loaded = self.reader.load(record, chosen)
+        image, masks, kept = self._augment(loaded.image, loaded.masks, rng)
+        chosen = [c for c, k in zip(chosen, kept, strict=True) if k]
+
+        original_size = image.shape[:2]
+        areas = masks.reshape(len(masks), -1).sum(axis=1).astype(np.float32)
+        image = resize_image(image, self.image_size)
+        masks = resize_masks(masks, self.image_size)
+
+        prompts = [self.prompts.sample(mask, rng) for mask in masks]
+        n, tokens = len(prompts), max(len(p.labels) for p in prompts)
+        coords = np.zeros((n, tokens, 2), dtype=np.float32)
+        labels = np.full((n, tokens), LABEL_PAD, dtype=np.int64)
+        for i, prompt in enumerate(prompts):
+            coords[i, : len(prompt.labels)] = prompt.coords
+            labels[i, : len(prompt.labels)] = prompt.labels
+        low = self.image_size // 4
+        mask_inputs = [p.mask_input for p in prompts if p.mask_input is not None]
+        return {
+            "image_id": record.image_id,
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "input_size": torch.tensor(image.shape[:2], dtype=torch.long),
+            "original_size": torch.tensor(original_size, dtype=torch.long),
+            "masks": torch.from_numpy(masks),
+            "point_coords": torch.from_numpy(coords),
+            "point_labels": torch.from_numpy(labels),
+            "prompt_types": torch.tensor([p.type for p in prompts], dtype=torch.long),
+            "mask_inputs": torch.from_numpy(
+                np.stack(mask_inputs)[:, None]
+                if mask_inputs
+                else np.zeros((0, 1, low, low), dtype=np.float32)
+            ),
+            "has_mask_input": torch.tensor([p.mask_input is not None for p in prompts]),
+            "object_areas": torch.from_numpy(areas),
+            "category_ids": torch.tensor(
+                [record.objects[c].category_id for c in chosen], dtype=torch.long
+            ),
+        }

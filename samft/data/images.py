@@ -1,0 +1,92 @@
+"""Read image files as RGB uint8 and label/mask files as integer maps.
+
+Every reader goes through these two functions so that grayscale, palette, RGBA and 16-bit
+files are converted the same way everywhere, and a missing or broken file is reported by
+name. EXIF orientation is deliberately NOT applied: COCO and SA-1B annotations are drawn
+on the stored pixel grid, so rotating the pixels would move them off their masks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from samft.data.errors import DataError
+
+# PIL modes that hold one high-bit-depth or float channel; they are rescaled to 0..255.
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    """Open and fully decode `path`, turning every failure into a DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{what} file not found: {path}")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot read {what} file {path}: {exc}") from exc
+    return image
+
+
+def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Min-max scale one channel of any depth to 0..255 (a constant image becomes 0)."""
+    values = values.astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image as H x W x 3 uint8 RGB.
+
+    Grayscale and palette images are expanded to three channels, the alpha channel of
+    RGBA/LA images is dropped, and 16-bit or float images are min-max stretched per image
+    to 0..255 (16-bit medical scans rarely use the full range, so dividing by 257 would
+    leave them almost black).
+    """
+    path = Path(path)
+    image = _open(path, "image")
+    if image.mode in _WIDE_MODES:
+        gray = _stretch_to_uint8(np.asarray(image))
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def read_label_map(path: str | Path) -> np.ndarray:
+    """Read a mask or label PNG as an H x W integer map (values are ids, not colours).
+
+    Palette images give their palette indices (VOC style). RGB(A) label images are read as
+    id = R + 256 * G + 256^2 * B, the COCO panoptic convention. 16-bit maps keep their values.
+    """
+    path = Path(path)
+    image = _open(path, "mask")
+    if image.mode == "1":
+        return np.asarray(image, dtype=np.uint8)
+    if image.mode in ("RGB", "RGBA"):
+        rgb = np.asarray(image.convert("RGB"), dtype=np.int64)
+        return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    if image.mode == "LA":
+        image = image.convert("L")
+    values = np.asarray(image)
+    if values.ndim != 2:
+        raise DataError(f"mask file {path} has mode {image.mode}; expected a one-channel map")
+    return values.astype(np.int64)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image file, read from its header only."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read image file {path}: {exc}") from exc
+    return height, width
