@@ -1,0 +1,20 @@
+"""The SAM network in samft's own code, with the official state-dict layout."""
+
+from samft.model.image_encoder import ImageEncoderViT
+from samft.model.mask_decoder import MaskDecoder
+from samft.model.prompt_encoder import PromptEncoder
+from samft.model.registry import VARIANTS, SamHyperParams, build_sam, official_kwargs
+from samft.model.sam import Sam
+from samft.model.transformer import TwoWayTransformer
+
+__all__ = [
+    "VARIANTS",
+    "ImageEncoderViT",
+    "MaskDecoder",
+    "PromptEncoder",
+    "Sam",
+    "SamHyperParams",
+    "TwoWayTransformer",
+    "build_sam",
+    "official_kwargs",
+]

@@ -1,0 +1,132 @@
+"""`Sam`: the three parts together, plus the pixel pre- and post-processing around them.
+
+Frames: the *original* image (H x W) is resized so its long side is S (the *input* frame,
+h x w, see `samft.transforms.ResizeLongestSide`), then `preprocess` pads it bottom-right
+to the S x S square the encoder sees. Low-res logits come back as S/4 x S/4 and
+`postprocess_masks` undoes both steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from samft.model.image_encoder import ImageEncoderViT
+from samft.model.mask_decoder import MaskDecoder
+from samft.model.prompt_encoder import PromptEncoder
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class Sam(nn.Module):
+    """Segment Anything: image encoder, prompt encoder and mask decoder.
+
+    `pixel_mean` / `pixel_std` are non-persistent buffers (not in the state dict), as in
+    the official model, so checkpoints stay interchangeable.
+    """
+
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
+    def __init__(
+        self,
+        image_encoder: ImageEncoderViT,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        pixel_mean: Sequence[float] = PIXEL_MEAN,
+        pixel_std: Sequence[float] = PIXEL_STD,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def image_size(self) -> int:
+        """S: the side of the square the image encoder takes."""
+        return self.image_encoder.img_size
+
+    def preprocess(self, x: Tensor) -> Tensor:
+        """`B x 3 x h x w` float RGB in [0, 255] (input frame) -> `B x 3 x S x S`.
+
+        Normalises with the pixel mean/std, then pads bottom and right with zeros.
+        """
+        h, w = x.shape[-2:]
+        if h > self.image_size or w > self.image_size:
+            raise ValueError(
+                f"image of size {h} x {w} is larger than the model input {self.image_size}; "
+                "resize it with ResizeLongestSide first"
+            )
+        x = (x - self.pixel_mean) / self.pixel_std
+        return F.pad(x, (0, self.image_size - w, 0, self.image_size - h))
+
+    def postprocess_masks(
+        self,
+        masks: Tensor,
+        input_size: Sequence[int],
+        original_size: Sequence[int],
+    ) -> Tensor:
+        """Low-res logits `B x C x s x s` -> logits `B x C x H x W` in the original frame.
+
+        Upsample to the padded square S x S, crop the padding to the input size `(h, w)`,
+        then resize to the original size `(H, W)`; bilinear, as the official model.
+        """
+        size = self.image_size
+        masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
+        masks = masks[..., : int(input_size[0]), : int(input_size[1])]
+        original = (int(original_size[0]), int(original_size[1]))
+        return F.interpolate(masks, original, mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def forward(
+        self, batched_input: list[dict[str, Any]], multimask_output: bool
+    ) -> list[dict[str, Tensor]]:
+        """End-to-end prediction with the official `Sam.forward` inputs and outputs.
+
+        Each record holds `image` (`3 x h x w`, input frame), `original_size` (H, W), and
+        optionally `point_coords` `N x P x 2` with `point_labels` `N x P`, `boxes` `N x 4`
+        (input frame) and `mask_inputs` `N x 1 x s x s`. Each output holds boolean `masks`
+        `N x M x H x W`, `iou_predictions` `N x M` and `low_res_logits` `N x M x s x s`.
+        Training calls the parts directly instead (this runs without autograd).
+        """
+        images = torch.stack([self.preprocess(record["image"]) for record in batched_input])
+        embeddings = self.image_encoder(images)
+        dense_pe = self.prompt_encoder.get_dense_pe()
+
+        outputs = []
+        for record, embedding in zip(batched_input, embeddings, strict=True):
+            points = None
+            if "point_coords" in record:
+                points = (record["point_coords"], record["point_labels"])
+            sparse, dense = self.prompt_encoder(
+                points=points, boxes=record.get("boxes"), masks=record.get("mask_inputs")
+            )
+            low_res, iou = self.mask_decoder(
+                image_embeddings=embedding[None],
+                image_pe=dense_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
+            masks = self.postprocess_masks(
+                low_res, record["image"].shape[-2:], record["original_size"]
+            )
+            outputs.append(
+                {
+                    "masks": masks > self.mask_threshold,
+                    "iou_predictions": iou,
+                    "low_res_logits": low_res,
+                }
+            )
+        return outputs
