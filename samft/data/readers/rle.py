@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -47,5 +48,8 @@ def decode_rles(rles: list[dict], height: int, width: int) -> np.ndarray:
     """Decode compressed RLEs to N x H x W bool masks."""
     if not rles:
         return np.zeros((0, height, width), dtype=bool)
-    decoded = mask_utils.decode(rles)  # H x W x N, Fortran order
+    with warnings.catch_warnings():
+        # pycocotools' Cython code trips numpy 2's `copy` deprecation on every call; harmless
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+        decoded = mask_utils.decode(rles)  # H x W x N, Fortran order
     return np.ascontiguousarray(decoded.transpose(2, 0, 1)).astype(bool)
