@@ -11,6 +11,7 @@ several devices.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +26,8 @@ from samft.data.dataset import SamDataset
 from samft.data.errors import DataError
 from samft.data.prompts import PromptSampler
 from samft.data.readers import Reader, build_reader
+
+log = logging.getLogger(__name__)
 
 DatasetSpec = Mapping[str, Any]
 SPLITS = ("train", "val", "test")
@@ -139,6 +142,14 @@ class SamDataModule(L.LightningDataModule):
             raise DataError(
                 f"data.{split}: no image has a usable object (skipped: {dict(dataset.skipped)})"
             )
+        objects = sum(len(usable) for _, usable in dataset.items)
+        log.info(
+            "data.%s: %d images, %d objects used; skipped: %s",
+            split,
+            len(dataset),
+            objects,
+            dict(dataset.skipped) or "nothing",
+        )
         self.datasets[split] = dataset
         return dataset
 
