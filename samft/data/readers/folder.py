@@ -172,13 +172,15 @@ class FolderReader(Reader):
         """N x H x W bool masks of the chosen objects."""
         keys = [record.objects[i].key for i in indices]
         hw = (record.height, record.width)
+        if not keys:
+            return np.zeros((0, *hw), dtype=bool)
         if self.mask_type == "per_object":
             masks = []
             for path in keys:
                 binary = read_label_map(path) > 0
                 self._check_size(binary, path, record.path, hw)
                 masks.append(binary)
-            return np.stack(masks) if masks else np.zeros((0, *hw), dtype=bool)
+            return np.stack(masks)
         assert record.source is not None
         labels = read_label_map(record.source)
         self._check_size(labels, record.source, record.path, hw)
