@@ -1,0 +1,236 @@
+"""ONNX export: the image encoder as one model, prompts-to-masks as another.
+
+The decoder model has the interface of Meta's browser demo, so their front ends run it
+unchanged:
+
+    inputs   image_embeddings  1 x C x h x w   float32, from the encoder model
+             point_coords      1 x N x 2       float32 (x, y), INPUT frame (long side S)
+             point_labels      1 x N           float32: 1 fg, 0 bg, 2/3 box corners, -1 pad
+             mask_input        1 x 1 x 4h x 4w float32 low-res logits (zeros when unused)
+             has_mask_input    1               float32, 1 when `mask_input` is used
+             orig_im_size      2               float32 (H, W) of the original image
+    outputs  masks             1 x M x H x W   logits in the original frame (> 0: object)
+             iou_predictions   1 x M
+             low_res_masks     1 x M x 4h x 4w logits
+
+N is dynamic. Like the demo, the caller appends the padding point (0, 0) with label -1
+when there is no box; the model adds nothing itself. With `return_single_mask` (the
+demo's setting) M = 1: the best of the three multimask outputs for a single click
+(N <= 2 with its padding point), the single-mask output for more points, as the official
+predictor would choose.
+
+The encoder model takes `image 1 x 3 x h x w` float32 RGB in [0, 255], already resized
+so its long side is S (`samft.transforms.ResizeLongestSide`), with dynamic h and w, and
+normalises and pads it itself (`Sam.preprocess`).
+
+Both wrappers call the parts of samft's `Sam`; nothing of the pre- or post-processing
+is re-implemented except where tracing needs the sizes as tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from samft.model.sam import Sam
+
+OPSET = 17
+DECODER_INPUTS = (
+    "image_embeddings",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+    "orig_im_size",
+)
+DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+
+
+class PromptMaskDecoderOnnx(nn.Module):
+    """Prompt encoder + mask decoder + mask postprocessing in one traceable graph."""
+
+    def __init__(self, sam: Sam, return_single_mask: bool = True) -> None:
+        super().__init__()
+        self.sam = sam
+        self.return_single_mask = return_single_mask
+
+    @property
+    def image_size(self) -> int:
+        return self.sam.image_size
+
+    def embed_points(self, point_coords: Tensor, point_labels: Tensor) -> Tensor:
+        """`1 x N x 2`, `1 x N` -> sparse tokens `1 x N x C`, without the padding the
+        Python prompt encoder appends (the caller supplies it)."""
+        pe = self.sam.prompt_encoder
+        size = float(self.image_size)
+        encoded = pe.pe_layer.forward_with_coords(point_coords + 0.5, (size, size))
+        labels = point_labels[..., None]
+        # arithmetic instead of torch.where keeps the graph free of boolean indexing
+        encoded = encoded * (labels != -1) + pe.not_a_point_embed.weight * (labels == -1)
+        for label, table in enumerate(pe.point_embeddings):
+            encoded = encoded + table.weight * (labels == label)
+        return encoded
+
+    def embed_mask(self, mask_input: Tensor, has_mask_input: Tensor) -> Tensor:
+        """`1 x 1 x 4h x 4w`, `1` -> dense `1 x C x h x w` (the "no mask" vector when unused)."""
+        pe = self.sam.prompt_encoder
+        given = pe.mask_downscaling(mask_input) * has_mask_input
+        return given + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+
+    def postprocess(self, low_res: Tensor, orig_im_size: Tensor) -> Tensor:
+        """`1 x M x 4h x 4w` -> `1 x M x H x W`, as `Sam.postprocess_masks` with tensor sizes.
+
+        The input-frame size is recomputed from `orig_im_size` with the rounding of
+        `ResizeLongestSide.get_preprocess_shape`, so it stays dynamic in the graph.
+        """
+        size = self.image_size
+        masks = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
+        original = orig_im_size.to(torch.float32)
+        input_hw = torch.floor(original * (size / original.max()) + 0.5).to(torch.int64)
+        masks = masks[..., : input_hw[0], : input_hw[1]]
+        original = original.to(torch.int64)
+        return F.interpolate(
+            masks, size=(original[0], original[1]), mode="bilinear", align_corners=False
+        )
+
+    def select_single_mask(self, masks: Tensor, scores: Tensor, num_points: int) -> tuple:
+        """Keep one of the M+1 masks without control flow in the graph.
+
+        One click (with its padding point, N <= 2) is ambiguous, so the best-scoring of
+        the multimask outputs 1..M wins; with more points mask 0 (the single-mask output)
+        gets a large bonus and always wins.
+        """
+        bonus = torch.zeros_like(scores[:1])
+        bonus[:, 0] = 1000.0
+        best = torch.argmax(scores + (num_points - 2.5) * bonus, dim=1)
+        rows = torch.arange(masks.shape[0])
+        return masks[rows, best][:, None], scores[rows, best][:, None]
+
+    @torch.no_grad()
+    def forward(
+        self,
+        image_embeddings: Tensor,
+        point_coords: Tensor,
+        point_labels: Tensor,
+        mask_input: Tensor,
+        has_mask_input: Tensor,
+        orig_im_size: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        sparse = self.embed_points(point_coords, point_labels)
+        dense = self.embed_mask(mask_input, has_mask_input)
+        low_res, scores = self.sam.mask_decoder.predict_masks(
+            image_embeddings, self.sam.prompt_encoder.get_dense_pe(), sparse, dense
+        )
+        if self.return_single_mask:
+            low_res, scores = self.select_single_mask(low_res, scores, point_coords.shape[1])
+        return self.postprocess(low_res, orig_im_size), scores, low_res
+
+
+class ImageEncoderOnnx(nn.Module):
+    """`1 x 3 x h x w` float RGB in [0, 255], input frame -> `1 x C x S/16 x S/16`."""
+
+    def __init__(self, sam: Sam) -> None:
+        super().__init__()
+        self.sam = sam
+
+    @torch.no_grad()
+    def forward(self, image: Tensor) -> Tensor:
+        return self.sam.image_encoder(self.sam.preprocess(image))
+
+
+def decoder_example_inputs(sam: Sam, num_points: int = 2) -> tuple[Tensor, ...]:
+    """Inputs of the decoder model's shapes, used for tracing and in tests."""
+    pe = sam.prompt_encoder
+    h, w = pe.image_embedding_size
+    size = sam.image_size
+    return (
+        torch.randn(1, pe.embed_dim, h, w),
+        torch.randint(0, size, (1, num_points, 2)).float(),
+        torch.randint(0, 4, (1, num_points)).float(),
+        torch.randn(1, 1, 4 * h, 4 * w),
+        torch.tensor([1.0]),
+        torch.tensor([size * 0.75, size * 1.0]),
+    )
+
+
+def export_decoder(sam: Sam, path: str | Path, return_single_mask: bool = True) -> Path:
+    """Write the prompt encoder + mask decoder model (dynamic N) to `path`."""
+    wrapper = PromptMaskDecoderOnnx(sam, return_single_mask).eval()
+    dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
+    dynamic["masks"] = {2: "height", 3: "width"}
+    return _export(
+        wrapper,
+        decoder_example_inputs(sam),
+        path,
+        list(DECODER_INPUTS),
+        list(DECODER_OUTPUTS),
+        dynamic,
+    )
+
+
+def export_encoder(sam: Sam, path: str | Path) -> Path:
+    """Write the image encoder model (dynamic input height and width) to `path`."""
+    size = sam.image_size
+    example = torch.randint(0, 256, (1, 3, size, (size * 3) // 4)).float()
+    dynamic = {"image": {2: "height", 3: "width"}}
+    return _export(
+        ImageEncoderOnnx(sam).eval(), (example,), path, ["image"], ["image_embeddings"], dynamic
+    )
+
+
+def export_onnx(sam: Sam, stem: str | Path, return_single_mask: bool = True) -> dict[str, Path]:
+    """Both models beside each other: `<stem>.encoder.onnx` and `<stem>.decoder.onnx`."""
+    stem = Path(stem)
+    return {
+        "encoder": export_encoder(sam, stem.with_name(stem.name + ".encoder.onnx")),
+        "decoder": export_decoder(
+            sam, stem.with_name(stem.name + ".decoder.onnx"), return_single_mask
+        ),
+    }
+
+
+def _export(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    path: str | Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> Path:
+    """Trace `module` to ONNX at `path`, atomically.
+
+    The model is written into a fresh folder beside `path` and moved in place at the end
+    (with its external-data files when it is over protobuf's 2 GB limit, e.g. vit_h), so
+    an interrupted export leaves no half-written model behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = module.to("cpu").float()
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        with warnings.catch_warnings():
+            # tracing warns about every Python int taken from a shape; those are expected
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                args,
+                str(scratch / path.name),
+                dynamo=False,  # the torch.export path needs onnxscript, not a dependency
+                opset_version=OPSET,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
+        for produced in sorted(scratch.iterdir(), key=lambda p: p.name == path.name):
+            os.replace(produced, path.parent / produced.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return path
