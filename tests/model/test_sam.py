@@ -31,8 +31,10 @@ def _batched_input(size: int, mask_size: int):
     ]
 
 
-@pytest.mark.parametrize("pair_name", ["tiny_pair", "vit_b_pair"])
-@pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize(
+    ("pair_name", "multimask"),
+    [("tiny_pair", True), ("tiny_pair", False), ("vit_b_pair", True)],
+)
 def test_forward_matches_official(pair_name, multimask, request):
     ours, ref = request.getfixturevalue(pair_name)
     batch = _batched_input(ours.image_size, ours.prompt_encoder.mask_input_size[0])

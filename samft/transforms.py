@@ -1,0 +1,88 @@
+"""Resize images so their long side is the model's input size, and move prompts with them.
+
+This is the one copy of the resize used everywhere (data pipeline, predictor, export):
+the original image frame (H x W) maps to the input frame (h x w, long side S) by a
+per-axis scale, and coordinates scale the same way. The uint8 path resizes through
+PIL's bilinear filter exactly as the official `ResizeLongestSide` does, so embeddings
+match the official predictor's bit for bit at the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+
+class ResizeLongestSide:
+    """Resize to long side `target_length`; coordinates are (x, y) pixels."""
+
+    def __init__(self, target_length: int) -> None:
+        self.target_length = int(target_length)
+
+    @staticmethod
+    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
+        """`(h, w)` after scaling `(oldh, oldw)` so the long side is `long_side_length`.
+
+        Each side is rounded half up, as the official transform does.
+        """
+        scale = long_side_length * 1.0 / max(oldh, oldw)
+        return int(oldh * scale + 0.5), int(oldw * scale + 0.5)
+
+    def _scale(self, original_size: Sequence[int]) -> tuple[float, float]:
+        """(x scale, y scale) from the original frame to the input frame."""
+        old_h, old_w = int(original_size[0]), int(original_size[1])
+        new_h, new_w = self.get_preprocess_shape(old_h, old_w, self.target_length)
+        return new_w / old_w, new_h / old_h
+
+    # ------------------------------------------------------------------ numpy
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """`H x W x C` (or `H x W`) uint8 -> `h x w x C` uint8, PIL bilinear."""
+        if image.dtype != np.uint8:
+            raise ValueError(
+                f"apply_image expects a uint8 H x W x C image, got dtype {image.dtype}; "
+                "use apply_image_torch for float images"
+            )
+        h, w = self.get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
+        single_channel = image.ndim == 3 and image.shape[2] == 1
+        pil = Image.fromarray(np.ascontiguousarray(image[..., 0] if single_channel else image))
+        resized = np.array(pil.resize((w, h), Image.BILINEAR))
+        return resized[..., None] if single_channel else resized
+
+    def apply_coords(self, coords: np.ndarray, original_size: Sequence[int]) -> np.ndarray:
+        """`... x 2` (x, y) in the original frame -> float64, input frame."""
+        sx, sy = self._scale(original_size)
+        out = np.array(coords, dtype=float, copy=True)
+        out[..., 0] *= sx
+        out[..., 1] *= sy
+        return out
+
+    def apply_boxes(self, boxes: np.ndarray, original_size: Sequence[int]) -> np.ndarray:
+        """`B x 4` (x0, y0, x1, y1) in the original frame -> `B x 4` float64, input frame."""
+        boxes = np.asarray(boxes)
+        return self.apply_coords(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+    # ------------------------------------------------------------------ torch
+    def apply_image_torch(self, image: Tensor) -> Tensor:
+        """`B x C x H x W` float -> `B x C x h x w`, bilinear with antialiasing.
+
+        Close to, but not bit-identical with, `apply_image` (PIL); the official version
+        of this method takes the target size from the batch and channel axes by mistake,
+        this one uses the image's own height and width.
+        """
+        h, w = self.get_preprocess_shape(image.shape[-2], image.shape[-1], self.target_length)
+        return F.interpolate(image, (h, w), mode="bilinear", align_corners=False, antialias=True)
+
+    def apply_coords_torch(self, coords: Tensor, original_size: Sequence[int]) -> Tensor:
+        """`... x 2` (x, y) in the original frame -> float32, input frame."""
+        sx, sy = self._scale(original_size)
+        scale = torch.tensor([sx, sy], dtype=torch.float32, device=coords.device)
+        return coords.to(torch.float32) * scale
+
+    def apply_boxes_torch(self, boxes: Tensor, original_size: Sequence[int]) -> Tensor:
+        """`B x 4` (x0, y0, x1, y1) in the original frame -> `B x 4` float32, input frame."""
+        return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
