@@ -1,0 +1,358 @@
+"""Score SAM checkpoints on a dataset: mIoU and Dice per prompt type, click and object size.
+
+Every usable object of every image is prompted once with EACH prompt type (one positive
+point, several points, a box), drawn by the data pipeline's `PromptSampler` from a seed
+per (image, prompt type), so two checkpoints and two runs see the very same prompts. The
+batches then go through `SamFineTuner`'s own test step (`trainer.test`): the first
+prompt, then simulated centre correction clicks, scored by
+`PromptedSegmentationMetrics`. No decoder loop or pre/post-processing lives here.
+
+Any checkpoint `samft.checkpoint` reads works: Meta's `.pth`, a samft Lightning
+checkpoint (LoRA folded in), or an export. With two checkpoints the report holds A, B and
+B - A for every metric.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from samft.checkpoint import CheckpointError, infer_image_size, infer_variant, read_state_dict
+from samft.data.collate import collate_samples
+from samft.data.dataset import SamDataset
+from samft.data.prompts import LABEL_PAD, PromptSampler, stable_seed
+from samft.data.readers import build_reader
+from samft.export import checkpoint_kind, read_lightning_info
+from samft.train.module import SamFineTuner
+
+log = logging.getLogger(__name__)
+
+# One sampler per prompt type; `PromptSampler.sample` names the type from what it drew.
+DEFAULT_PROMPTS: dict[str, dict[str, Any]] = {
+    "one_point": {"point_prob": 1.0, "box_prob": 0.0, "num_points": [1, 1]},
+    "points": {"point_prob": 1.0, "box_prob": 0.0, "num_points": [3, 3], "num_negatives": [1, 1]},
+    "box": {"point_prob": 0.0, "box_prob": 1.0, "box_noise_std": 0.0},
+}
+DEFAULT_CLICKS = (1, 3, 5)
+
+# Rows of the terminal table, in this order; others follow alphabetically.
+TABLE_ORDER = (
+    "miou",
+    "dice",
+    "miou/one_point",
+    "miou/points",
+    "miou/box",
+    "dice/one_point",
+    "dice/points",
+    "dice/box",
+    "miou/click_1",
+    "miou/click_3",
+    "miou/click_5",
+    "dice/click_1",
+    "dice/click_3",
+    "dice/click_5",
+    "miou/small",
+    "miou/medium",
+    "miou/large",
+    "dice/small",
+    "dice/medium",
+    "dice/large",
+    "iou_head_mae",
+    "loss",
+    "num_objects",
+    "num_prompts",
+)
+
+
+class EvaluationDataset(Dataset):
+    """Each image with all its objects, every object once per prompt type.
+
+    Wraps a deterministic `SamDataset` (no augmentation, all usable objects, input frame)
+    and replaces its prompts: for prompt type `name` the objects of an image are prompted
+    with `samplers[name]` and a generator seeded by `stable_seed(seed, "<id>/<name>")`.
+    A sample has the `SamDataset` layout, so `collate_samples` batches it.
+    """
+
+    def __init__(
+        self, base: SamDataset, samplers: Mapping[str, PromptSampler], seed: int = 0
+    ) -> None:
+        if not samplers:
+            raise ValueError("EvaluationDataset: no prompt type to evaluate (samplers is empty)")
+        self.base = base
+        self.samplers = dict(samplers)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.base[index]
+        masks = sample["masks"].numpy()  # n x h x w bool, input frame
+        prompts = []
+        for name, sampler in self.samplers.items():
+            rng = np.random.default_rng(stable_seed(self.seed, f"{sample['image_id']}/{name}"))
+            prompts += [sampler.sample(mask, rng) for mask in masks]
+        copies = len(self.samplers)
+        tokens = max(len(p.labels) for p in prompts)
+        coords = torch.zeros(len(prompts), tokens, 2)
+        labels = torch.full((len(prompts), tokens), LABEL_PAD, dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            coords[i, : len(prompt.labels)] = torch.from_numpy(prompt.coords)
+            labels[i, : len(prompt.labels)] = torch.from_numpy(prompt.labels)
+        low = sample["mask_inputs"].shape[-1]
+        return {
+            **sample,
+            "masks": sample["masks"].repeat(copies, 1, 1),
+            "point_coords": coords,
+            "point_labels": labels,
+            "prompt_types": torch.tensor([p.type for p in prompts], dtype=torch.long),
+            "mask_inputs": torch.zeros(0, 1, low, low),
+            "has_mask_input": torch.zeros(len(prompts), dtype=torch.bool),
+            "object_areas": sample["object_areas"].repeat(copies),
+            "category_ids": sample["category_ids"].repeat(copies),
+        }
+
+
+def build_samplers(prompts: Mapping[str, Mapping[str, Any] | None] | None) -> dict:
+    """PromptSamplers by prompt-type name; a None entry leaves that type out."""
+    prompts = DEFAULT_PROMPTS if prompts is None else prompts
+    samplers = {}
+    for name, options in prompts.items():
+        if options is None:
+            continue
+        try:
+            samplers[str(name)] = PromptSampler(**dict(options))
+        except TypeError as err:
+            raise ValueError(f"prompts.{name}: {err}") from None
+    if not samplers:
+        raise ValueError("prompts: every prompt type is disabled; enable at least one")
+    return samplers
+
+
+def build_evaluation_dataset(
+    spec: Mapping[str, Any],
+    image_size: int,
+    samplers: Mapping[str, PromptSampler],
+    seed: int = 0,
+    min_area: float = 16,
+    max_area_fraction: float = 0.9,
+    max_objects_per_image: int | None = None,
+    max_images: int | None = None,
+    name: str = "data",
+) -> EvaluationDataset:
+    """The evaluation dataset of a dataset spec (`{"format": "coco", ...}`, see
+    `samft.data.readers.build_reader`) at the model's input size."""
+    base = SamDataset(
+        build_reader(spec, name),
+        image_size=image_size,
+        prompts=next(iter(samplers.values())),
+        augment=None,
+        max_objects_per_image=max_objects_per_image,
+        min_area=min_area,
+        max_area_fraction=max_area_fraction,
+        seed=seed,
+        deterministic=True,
+    )
+    if max_images is not None:
+        base.items = base.items[: int(max_images)]
+    if len(base) == 0:
+        raise ValueError(f"{name}: no image has an object to evaluate (skipped: {base.skipped})")
+    return EvaluationDataset(base, samplers, seed)
+
+
+@dataclass
+class CheckpointSummary:
+    """What was evaluated: the file, its kind, architecture and input size."""
+
+    path: str
+    kind: str
+    variant: str
+    image_size: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def describe_checkpoint(path: str | Path, variant: str | None = None) -> CheckpointSummary:
+    """Kind, variant and input size of a checkpoint, with errors that name the file.
+
+    The input size of a Lightning checkpoint is the one it was trained at (its saved
+    `model.image_size`), otherwise the size its position embedding was saved for.
+    """
+    path = Path(path)
+    state_dict = read_state_dict(path)
+    try:
+        found = infer_variant(state_dict)
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"checkpoint={path}: {err}. Expected Meta's SAM .pth, a samft Lightning "
+            "checkpoint (.ckpt) or a samft export (.pth / .safetensors)"
+        ) from None
+    if variant is not None and variant != found:
+        raise CheckpointError(f"checkpoint={path} holds a '{found}' SAM, not variant={variant!r}")
+    size = infer_image_size(state_dict)
+    info = read_lightning_info(path)
+    if info is not None:
+        saved = (info["hyper_parameters"].get("model") or {}).get("image_size")
+        size = int(saved) if saved else size
+    return CheckpointSummary(str(path), checkpoint_kind(path), found, size)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    dataset_spec: Mapping[str, Any],
+    prompts: Mapping[str, Mapping[str, Any] | None] | None = None,
+    clicks: Sequence[int] = DEFAULT_CLICKS,
+    multimask_output: bool = True,
+    seed: int = 0,
+    min_area: float = 16,
+    max_area_fraction: float = 0.9,
+    max_objects_per_image: int | None = None,
+    max_images: int | None = None,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    variant: str | None = None,
+    trainer_options: Mapping[str, Any] | None = None,
+) -> CheckpointSummary:
+    """Evaluate one checkpoint; returns its summary with `metrics` filled.
+
+    Metric names are those of `PromptedSegmentationMetrics` (`miou`, `miou/box`,
+    `miou/click_3`, `miou/small`, `iou_head_mae`, ...) plus `loss` (the training loss
+    of the first prompt). Round-0 means (`miou`, `dice`, sizes) and click means average
+    over every prompt type. `num_objects` counts objects, `num_prompts` objects x types.
+    """
+    summary = describe_checkpoint(checkpoint, variant)
+    dataset = build_evaluation_dataset(
+        dataset_spec,
+        summary.image_size,
+        build_samplers(prompts),
+        seed=seed,
+        min_area=min_area,
+        max_area_fraction=max_area_fraction,
+        max_objects_per_image=max_objects_per_image,
+        max_images=max_images,
+    )
+    module = SamFineTuner(
+        model={
+            "variant": summary.variant,
+            "checkpoint": summary.path,
+            "image_size": summary.image_size,
+        },
+        finetune={"image_encoder": "frozen"},
+        interactive={"multimask_output": multimask_output, "val_clicks": list(clicks)},
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+    )
+    options = {
+        "accelerator": "auto",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "enable_progress_bar": False,
+    }
+    options.update(dict(trainer_options or {}))
+    trainer = L.Trainer(**options)
+    log.info(
+        "evaluating %s (%s, %s, %d px) on %d images",
+        summary.path,
+        summary.kind,
+        summary.variant,
+        summary.image_size,
+        len(dataset),
+    )
+    results = trainer.test(module, dataloaders=loader, verbose=False)
+    values = results[0] if results else {}
+    metrics = {key.removeprefix("test/"): float(value) for key, value in values.items()}
+    # the metric counts (object, prompt type) pairs; every object has each type once
+    if "num_objects" in metrics:
+        metrics["num_prompts"] = metrics["num_objects"]
+        metrics["num_objects"] = metrics["num_prompts"] / len(dataset.samplers)
+    summary.metrics = dict(sorted(metrics.items()))
+    return summary
+
+
+# --------------------------------------------------------------------------- reporting
+def metric_names(summaries: Sequence[CheckpointSummary]) -> list[str]:
+    """Every metric any summary has, in table order."""
+    present = set().union(*(s.metrics for s in summaries))
+    ordered = [name for name in TABLE_ORDER if name in present]
+    return ordered + sorted(present - set(ordered))
+
+
+def differences(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
+    """B - A for every metric both have."""
+    return {key: b[key] - a[key] for key in a if key in b}
+
+
+def format_table(summaries: Sequence[CheckpointSummary]) -> str:
+    """A plain-text table: one row per metric, one column per checkpoint (+ B-A for two)."""
+    labels = ["A", "B"] if len(summaries) == 2 else [str(i + 1) for i in range(len(summaries))]
+    if len(summaries) == 1:
+        labels = ["value"]
+    names = metric_names(summaries)
+    header = ["metric", *labels] + (["B-A"] if len(summaries) == 2 else [])
+    rows = []
+    for name in names:
+        values = [s.metrics.get(name) for s in summaries]
+        row = [name] + [_fmt(name, v) for v in values]
+        if len(summaries) == 2:
+            a, b = values
+            row.append(_fmt(name, None if a is None or b is None else b - a, signed=True))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest])
+
+    described = [f"{s.path} ({s.kind}, {s.variant}, {s.image_size} px)" for s in summaries]
+    if len(summaries) == 1:
+        legend = described
+    else:
+        legend = [f"{label}: {text}" for label, text in zip(labels, described, strict=True)]
+    rule = "-" * len(line(header))
+    return "\n".join([*legend, rule, line(header), rule, *map(line, rows), rule])
+
+
+def _fmt(name: str, value: float | None, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if name == "num_objects":
+        return f"{value:+.0f}" if signed else f"{value:.0f}"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def build_report(
+    summaries: Sequence[CheckpointSummary], settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The JSON report: settings, one entry per checkpoint, and B - A for two."""
+    report: dict[str, Any] = {
+        "settings": dict(settings),
+        "checkpoints": [
+            {
+                "path": s.path,
+                "kind": s.kind,
+                "variant": s.variant,
+                "image_size": s.image_size,
+                "metrics": s.metrics,
+            }
+            for s in summaries
+        ],
+    }
+    if len(summaries) == 2:
+        report["difference_b_minus_a"] = differences(summaries[0].metrics, summaries[1].metrics)
+    return report

@@ -1,0 +1,118 @@
+"""`python -m samft eval ...` end to end: one or two checkpoints, data from the command line
+or from the training run, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+import yaml
+from test_export import make_tuner, save_lightning_checkpoint
+
+from samft.__main__ import main
+from samft.checkpoint import save_sam
+from samft.model.registry import build_sam
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Run in tmp_path (Hydra writes outputs/ there); undo what the dispatcher changes."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SAMFT_COMMAND", raising=False)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_sam(build_sam("tiny"), tmp_path_factory.mktemp("w") / "original.pth")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, ct_organs):
+    """A `samft train`-like run folder: a checkpoint and the composed config Hydra saved."""
+    folder = tmp_path_factory.mktemp("run")
+    checkpoint = save_lightning_checkpoint(folder / "checkpoints" / "last.ckpt", make_tuner(seed=1))
+    config = {
+        "seed": 0,
+        "data": {
+            "val": {"format": "coco", "annotations": str(ct_organs / "annotations.json")},
+            "min_area": 16,
+            "max_area_fraction": 0.9,
+        },
+    }
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    return checkpoint
+
+
+def data_args(ct_organs) -> list[str]:
+    return [
+        f"data.val.annotations={ct_organs / 'annotations.json'}",
+        f"data.val.images={ct_organs}",
+    ]
+
+
+def test_eval_two_checkpoints_side_by_side(original, run, ct_organs, tmp_path, capsys):
+    main(
+        ["samft", "eval", f"checkpoint=[{original},{run}]", *data_args(ct_organs)]
+        + ["trainer=cpu", "max_images=2", "num_workers=0", "output=report.json"]
+    )
+    table = capsys.readouterr().out
+    assert f"A: {original} (weights, tiny, 256 px)" in table
+    assert f"B: {run} (lightning, tiny, 256 px)" in table
+    report = json.loads((tmp_path / "report.json").read_text())
+    a, b = (c["metrics"] for c in report["checkpoints"])
+    assert report["difference_b_minus_a"]["miou/box"] == pytest.approx(
+        b["miou/box"] - a["miou/box"]
+    )
+    row = next(line for line in table.splitlines() if line.startswith("miou/click_3 "))
+    assert row.split()[1:3] == [f"{a['miou/click_3']:.4f}", f"{b['miou/click_3']:.4f}"]
+    assert report["settings"]["split"] == "val" and report["settings"]["clicks"] == [1, 3, 5]
+
+
+def test_eval_takes_the_data_of_the_training_run(run, ct_organs, tmp_path):
+    main(
+        [
+            "samft",
+            "eval",
+            f"checkpoint={run}",
+            "trainer=cpu",
+            "max_images=1",
+            "num_workers=0",
+            "output=r.json",
+        ]
+    )
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["settings"]["dataset"]["annotations"] == str(ct_organs / "annotations.json")
+    assert report["checkpoints"][0]["metrics"]["num_objects"] > 0
+
+
+def test_eval_without_data_says_which_keys_to_set(original, capsys):
+    with pytest.raises(SystemExit):
+        main(["samft", "eval", f"checkpoint={original}", "trainer=cpu"])
+    err = capsys.readouterr().err
+    assert "data.val is not set (missing: data.val.annotations, data.val.images)" in err
+
+
+def test_eval_with_an_unwritable_output_is_a_clear_error(original, ct_organs, tmp_path, capsys):
+    (tmp_path / "blocker").write_text("a file")
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "samft",
+                "eval",
+                f"checkpoint={original}",
+                *data_args(ct_organs),
+                "output=blocker/report.json",
+            ]
+        )
+    assert "output=blocker/report.json: cannot write to folder blocker" in capsys.readouterr().err
+
+
+def test_eval_rejects_three_checkpoints(original, capsys):
+    with pytest.raises(SystemExit):
+        main(["samft", "eval", f"checkpoint=[{original},{original},{original}]"])
+    assert "expected one path or a list of two" in capsys.readouterr().err

@@ -1,0 +1,55 @@
+"""`python -m samft export ...` end to end through the dispatcher and Hydra."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from test_export import official_tiny, save_lightning_checkpoint
+
+from samft.__main__ import main
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Run in tmp_path (Hydra writes outputs/ there); undo what the dispatcher changes."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SAMFT_COMMAND", raising=False)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+
+
+@pytest.fixture(scope="module")
+def run_checkpoint(tmp_path_factory):
+    return save_lightning_checkpoint(tmp_path_factory.mktemp("run") / "checkpoints" / "last.ckpt")
+
+
+def test_export_command_writes_official_files_that_load_strict(official, run_checkpoint, tmp_path):
+    main(["samft", "export", f"checkpoint={run_checkpoint}", "output=exports/tiny_sam.pth"])
+    exports = tmp_path / "exports"
+    assert sorted(p.name for p in exports.iterdir()) == [
+        "tiny_sam.json",
+        "tiny_sam.pth",
+        "tiny_sam.safetensors",
+    ]
+    sidecar = json.loads((exports / "tiny_sam.json").read_text())
+    assert (sidecar["variant"], sidecar["image_size"]) == ("tiny", 256)
+    reference = official_tiny(official)
+    reference.load_state_dict(torch.load(exports / "tiny_sam.pth", weights_only=True), strict=True)
+
+
+def test_export_command_onnx(run_checkpoint, tmp_path):
+    main(["samft", "export", f"checkpoint={run_checkpoint}", "output=m", "format=onnx"])
+    assert (tmp_path / "m.encoder.onnx").is_file() and (tmp_path / "m.decoder.onnx").is_file()
+    assert "onnx" in json.loads((tmp_path / "m.json").read_text())
+
+
+def test_export_command_reports_a_wrong_checkpoint_clearly(tmp_path, capsys):
+    bad = tmp_path / "weights.ckpt"
+    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": {"net.w": torch.ones(2)}}, bad)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["samft", "export", f"checkpoint={bad}", "output=out"])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "CheckpointError" in err and "weights.ckpt" in err and "not a SAM state dict" in err

@@ -1,0 +1,86 @@
+"""`python -m samft predict ... prompts=FILE ...` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from samft.__main__ import main
+from samft.checkpoint import save_sam
+from samft.model.registry import build_sam
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Run in tmp_path (Hydra writes outputs/ there); undo what the dispatcher changes."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SAMFT_COMMAND", raising=False)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_sam(build_sam("tiny"), tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+def test_the_documented_command_line(weights, ct_organs, tmp_path):
+    """`python -m samft predict checkpoint=... input=... prompts=... output=...` in a fresh
+    process, exactly as the docs write it (`prompts=` although `prompts` is a conf group)."""
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"*": [{"points": [[60, 80]]}, {"box": [10, 10, 150, 150]}]}))
+    command = [sys.executable, "-m", "samft", "predict", f"checkpoint={weights}"]
+    command += [f"input={ct_organs / 'images'}", f"prompts={prompts}", "output=predictions"]
+    env = {k: v for k, v in os.environ.items() if k != "SAMFT_COMMAND"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    scores = json.loads((tmp_path / "predictions" / "scores.json").read_text())
+    assert len(scores["images"]) == 5
+    first = scores["images"][0]
+    assert (tmp_path / "predictions" / first["overlay"]).is_file()
+    assert all((tmp_path / "predictions" / p["mask"]).is_file() for p in first["prompts"])
+
+
+def test_predict_with_a_prompt_outside_the_image_is_a_clear_error(
+    weights, ct_organs, tmp_path, capsys
+):
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"s0114_111.png": [{"points": [[300, 20]]}]}))
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "samft",
+                "predict",
+                f"checkpoint={weights}",
+                f"input={ct_organs / 'images'}",
+                f"prompts={prompts}",
+                "output=out",
+            ]
+        )
+    err = capsys.readouterr().err
+    assert "image 's0114_111.png', prompt 'prompt_0': point (x=300, y=20) lies outside" in err
+
+
+def test_predict_with_an_empty_prompts_file_is_a_clear_error(weights, ct_organs, tmp_path, capsys):
+    prompts = tmp_path / "p.json"
+    prompts.write_text("")
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "samft",
+                "predict",
+                f"checkpoint={weights}",
+                f"input={ct_organs / 'images'}",
+                f"prompts={prompts}",
+                "output=out",
+            ]
+        )
+    assert f"prompts file {prompts} is empty" in capsys.readouterr().err

@@ -1,0 +1,159 @@
+"""Evaluation: deterministic prompts of every type per object, metrics that agree with the
+predictor run by hand on the same prompts, two-checkpoint reports, checkpoint kinds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_export import make_tuner, save_lightning_checkpoint
+
+from samft.checkpoint import CheckpointError, save_sam
+from samft.data.prompts import PROMPT_BOX, PROMPT_ONE_POINT, PROMPT_POINTS, tight_box
+from samft.evaluate import (
+    DEFAULT_PROMPTS,
+    build_evaluation_dataset,
+    build_report,
+    build_samplers,
+    describe_checkpoint,
+    evaluate_checkpoint,
+    format_table,
+)
+from samft.model.registry import build_sam
+from samft.predictor import SamPredictor
+
+CPU = {"accelerator": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def ct_spec(ct_organs) -> dict:
+    return {"format": "coco", "annotations": str(ct_organs / "annotations.json")}
+
+
+@pytest.fixture(scope="module")
+def dataset(ct_spec):
+    return build_evaluation_dataset(ct_spec, 256, build_samplers(None), seed=0)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Two different tiny models saved as plain official-layout weights."""
+    folder = tmp_path_factory.mktemp("weights")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        paths.append(save_sam(build_sam("tiny"), folder / f"tiny_{seed}.pth"))
+    return paths
+
+
+def test_every_object_gets_each_prompt_type(dataset):
+    sample = dataset[0]
+    n = len(dataset.base[0]["masks"])
+    types = sample["prompt_types"].tolist()
+    assert types == [PROMPT_ONE_POINT] * n + [PROMPT_POINTS] * n + [PROMPT_BOX] * n
+    assert sample["masks"].shape[0] == 3 * n
+    assert sample["object_areas"].shape == (3 * n,)
+    for i, mask in enumerate(sample["masks"].numpy()):
+        coords = sample["point_coords"][i].numpy()
+        labels = sample["point_labels"][i].numpy()
+        x, y = coords[:, 0].astype(int), coords[:, 1].astype(int)
+        if types[i] == PROMPT_ONE_POINT:
+            assert labels.tolist() == [1, -1, -1, -1]
+            assert mask[y[0], x[0]]
+        elif types[i] == PROMPT_POINTS:  # 3 positives inside, 1 negative outside
+            assert labels.tolist() == [1, 1, 1, 0]
+            assert mask[y[:3], x[:3]].all() and not mask[y[3], x[3]]
+        else:  # the tight box: noise is off by default
+            assert labels[:2].tolist() == [2, 3]
+            np.testing.assert_array_equal(coords[:2].reshape(4), tight_box(mask))
+
+
+def test_prompts_are_the_same_on_every_run(ct_spec, dataset):
+    again = build_evaluation_dataset(ct_spec, 256, build_samplers(None), seed=0)
+    other_seed = build_evaluation_dataset(ct_spec, 256, build_samplers(None), seed=1)
+    for i in range(len(dataset)):
+        torch.testing.assert_close(dataset[i]["point_coords"], again[i]["point_coords"])
+    assert not torch.equal(dataset[0]["point_coords"], other_seed[0]["point_coords"])
+
+
+def test_metrics_agree_with_the_predictor_on_the_same_prompts(weights, ct_spec, dataset):
+    """Per prompt type, mIoU and the IoU head's error equal a hand-run of the predictor
+    (input frame, best of three masks by predicted IoU, padding point appended)."""
+    summary = evaluate_checkpoint(weights[0], ct_spec, clicks=[], trainer_options=CPU)
+    predictor = SamPredictor(build_sam("tiny", checkpoint=weights[0]))
+    ious: dict[int, list[float]] = {PROMPT_ONE_POINT: [], PROMPT_POINTS: [], PROMPT_BOX: []}
+    head_errors = []
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        h, w = sample["input_size"].tolist()
+        predictor.set_torch_image(sample["image"][None].float(), (h, w))
+        masks, scores, _ = predictor.predict_torch(
+            sample["point_coords"], sample["point_labels"], multimask_output=True
+        )
+        best = scores.argmax(dim=1)
+        rows = torch.arange(len(best))
+        chosen, gt = masks[rows, best], sample["masks"]
+        inter = (chosen & gt).flatten(1).sum(1).float()
+        union = (chosen | gt).flatten(1).sum(1).float()
+        iou = inter / union
+        head_errors += (scores[rows, best] - iou).abs().tolist()
+        for kind, value in zip(sample["prompt_types"].tolist(), iou.tolist(), strict=True):
+            ious[kind].append(value)
+    metrics = summary.metrics
+    assert metrics["miou/one_point"] == pytest.approx(np.mean(ious[PROMPT_ONE_POINT]), abs=1e-5)
+    assert metrics["miou/points"] == pytest.approx(np.mean(ious[PROMPT_POINTS]), abs=1e-5)
+    assert metrics["miou/box"] == pytest.approx(np.mean(ious[PROMPT_BOX]), abs=1e-5)
+    assert metrics["iou_head_mae"] == pytest.approx(np.mean(head_errors), abs=1e-5)
+    assert metrics["num_objects"] == len(ious[PROMPT_BOX])
+    assert metrics["num_prompts"] == 3 * len(ious[PROMPT_BOX])
+
+
+def test_report_has_every_bucket_and_compares_two_checkpoints(weights, ct_spec):
+    summaries = [
+        evaluate_checkpoint(path, ct_spec, max_images=2, trainer_options=CPU) for path in weights
+    ]
+    a, b = (s.metrics for s in summaries)
+    for key in ("miou", "dice", "miou/one_point", "miou/points", "miou/box", "iou_head_mae"):
+        assert key in a
+    for clicks in (1, 3, 5):
+        assert 0.0 <= a[f"miou/click_{clicks}"] <= 1.0
+    assert {"miou/small", "miou/medium", "miou/large"} & set(a)
+    assert a != b  # two different models
+
+    report = build_report(summaries, {"split": "val"})
+    assert report["difference_b_minus_a"]["miou"] == pytest.approx(b["miou"] - a["miou"])
+    assert [c["path"] for c in report["checkpoints"]] == [str(p) for p in weights]
+    table = format_table(summaries)
+    header = next(line for line in table.splitlines() if line.startswith("metric"))
+    assert header.split() == ["metric", "A", "B", "B-A"]
+    miou_row = next(line for line in table.splitlines() if line.startswith("miou "))
+    assert miou_row.split()[1:] == [
+        f"{a['miou']:.4f}",
+        f"{b['miou']:.4f}",
+        f"{b['miou'] - a['miou']:+.4f}",
+    ]
+
+
+def test_lightning_checkpoint_is_evaluated_at_its_training_size(ct_spec, tmp_path):
+    """The input size comes from the checkpoint's saved hyper-parameters (128 px here)."""
+    path = save_lightning_checkpoint(tmp_path / "run.ckpt", make_tuner(image_size=128))
+    summary = describe_checkpoint(path)
+    assert (summary.kind, summary.variant, summary.image_size) == ("lightning", "tiny", 128)
+    result = evaluate_checkpoint(path, ct_spec, max_images=1, clicks=[1], trainer_options=CPU)
+    assert result.image_size == 128 and "miou/click_1" in result.metrics
+
+
+def test_checkpoint_of_the_wrong_kind_is_a_clear_error(ct_spec, tmp_path):
+    path = tmp_path / "optimizer_only.pth"
+    torch.save({"state": {}, "param_groups": [{"lr": torch.tensor(0.1)}]}, path)
+    with pytest.raises(CheckpointError, match=r"optimizer_only\.pth"):
+        evaluate_checkpoint(path, ct_spec, trainer_options=CPU)
+
+
+def test_prompt_types_can_be_dropped_but_not_all():
+    samplers = build_samplers({**DEFAULT_PROMPTS, "points": None})
+    assert list(samplers) == ["one_point", "box"]
+    with pytest.raises(ValueError, match="every prompt type is disabled"):
+        build_samplers({"one_point": None})
+    with pytest.raises(ValueError, match=r"prompts\.box: .*num_boxes"):
+        build_samplers({"box": {"num_boxes": 2}})
