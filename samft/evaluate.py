@@ -331,7 +331,7 @@ def format_table(summaries: Sequence[CheckpointSummary]) -> str:
 def _fmt(name: str, value: float | None, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if name == "num_objects":
+    if name in ("num_objects", "num_prompts"):
         return f"{value:+.0f}" if signed else f"{value:.0f}"
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
