@@ -199,10 +199,10 @@ def describe_checkpoint(path: str | Path, variant: str | None = None) -> Checkpo
         raise CheckpointError(f"checkpoint={path} holds a '{found}' SAM, not variant={variant!r}")
     size = infer_image_size(state_dict)
     info = read_lightning_info(path)
-    if info is not None:
-        saved = (info["hyper_parameters"].get("model") or {}).get("image_size")
-        size = int(saved) if saved else size
-    return CheckpointSummary(str(path), checkpoint_kind(path), found, size)
+    if info is None:
+        return CheckpointSummary(str(path), checkpoint_kind(path), found, size)
+    saved = (info["hyper_parameters"].get("model") or {}).get("image_size")
+    return CheckpointSummary(str(path), "lightning", found, int(saved) if saved else size)
 
 
 def evaluate_checkpoint(

@@ -116,9 +116,13 @@ def read_lightning_info(path: str | Path) -> dict[str, Any] | None:
     if path.suffix == ".safetensors":
         return None
     try:
-        container = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # read_state_dict reports unreadable files with the reason
-        return None
+        # memory-mapped: only the metadata is read, not gigabytes of tensors
+        container = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        try:  # files in the legacy (non-zip) format cannot be memory-mapped
+            container = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # read_state_dict reports unreadable files with the reason
+            return None
     if not isinstance(container, Mapping) or LIGHTNING_KEY not in container:
         return None
     return {

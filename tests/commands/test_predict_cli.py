@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +38,17 @@ def test_the_documented_command_line(weights, ct_organs, tmp_path):
     process, exactly as the docs write it (`prompts=` although `prompts` is a conf group)."""
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps({"*": [{"points": [[60, 80]]}, {"box": [10, 10, 150, 150]}]}))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("amos_0507_31.png", "s0619_32.png"):
+        shutil.copy(ct_organs / "images" / name, photos / name)
     command = [sys.executable, "-m", "samft", "predict", f"checkpoint={weights}"]
-    command += [f"input={ct_organs / 'images'}", f"prompts={prompts}", "output=predictions"]
+    command += [f"input={photos}", f"prompts={prompts}", "output=predictions"]
     env = {k: v for k, v in os.environ.items() if k != "SAMFT_COMMAND"}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     scores = json.loads((tmp_path / "predictions" / "scores.json").read_text())
-    assert len(scores["images"]) == 5
+    assert [entry["image"] for entry in scores["images"]] == ["amos_0507_31.png", "s0619_32.png"]
     first = scores["images"][0]
     assert (tmp_path / "predictions" / first["overlay"]).is_file()
     assert all((tmp_path / "predictions" / p["mask"]).is_file() for p in first["prompts"])
