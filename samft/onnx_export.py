@@ -29,6 +29,7 @@ is re-implemented except where tracing needs the sizes as tensors.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -212,7 +213,9 @@ def _export(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = module.to("cpu").float()
+    first = next(module.parameters())
+    if first.device.type != "cpu" or first.dtype != torch.float32:
+        module = copy.deepcopy(module).to("cpu", torch.float32)  # leave the caller's model be
     scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         with warnings.catch_warnings():
