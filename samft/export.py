@@ -246,6 +246,7 @@ def export_checkpoint(
         names = WEIGHT_FORMATS if format == "official" else {format: WEIGHT_FORMATS[format]}
         for name, suffix in names.items():
             written[name] = save_sam(state_dict, stem.with_name(stem.name + suffix))
+            _default_permissions(written[name])
 
     sidecar = build_sidecar(checkpoint, found_variant, image_size, info, written)
     if format == "onnx":
@@ -309,6 +310,17 @@ def build_sidecar(
         "validation_metrics_source": metrics_source,
         "files": {name: _file_entry(path) for name, path in files.items()},
     }
+
+
+def _default_permissions(path: Path) -> None:
+    """Give a written file the permissions of any new file (0666 minus the umask).
+
+    safetensors writes its files owner-only (0600), which surprises whoever the export is
+    shared with on a multi-user machine.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _file_entry(path: Path) -> dict[str, Any]:

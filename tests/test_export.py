@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -163,6 +164,13 @@ def test_safetensors_export_holds_the_same_tensors(official, exported):
     for key, value in pth.items():
         assert torch.equal(tensors[key], value), key
     official_tiny(official).load_state_dict(tensors, strict=True)
+
+
+def test_exported_files_are_readable_by_others_like_any_new_file(exported):
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("pth", "safetensors"):
+        assert exported[name].stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_sidecar_records_source_config_and_metrics(trained, exported):
