@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 CATEGORIES = ("circle", "rectangle", "triangle", "ellipse")  # COCO ids 1..4 in this order
 MARKER = ".samft_shapes.json"  # written last: its presence means the dataset is complete
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: milder backgrounds, so the tiny demo model learns in minutes
 MIN_VISIBLE_AREA = 16  # shapes occluded down to fewer pixels are left out
 SPLITS = ("train", "val")
 
@@ -37,7 +37,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """size x size x 3 float image: a smooth colour field, stripes and a checker, mixed."""
     # smooth field: bilinear upsampling of a coarse random grid
     cells = int(rng.integers(3, 9))
-    coarse = rng.uniform(0, 255, size=(cells + 1, cells + 1, 3))
+    coarse = rng.uniform(64, 192, size=(cells + 1, cells + 1, 3))
     t = np.arange(size, dtype=np.float64) * (cells / size)
     i0 = t.astype(np.int64)
     f = t - i0
@@ -51,11 +51,11 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     y, x = np.mgrid[0:size, 0:size].astype(np.float64)
     phase = (x * direction[0] + y * direction[1]) / period
     wave = np.abs(2 * (phase - np.floor(phase)) - 1)  # 0..1
-    stripe_colour = rng.uniform(-60, 60, size=3)
+    stripe_colour = rng.uniform(-20, 20, size=3)
 
     # checker of random cell size
     cell = int(rng.integers(8, 48))
-    checker = ((x // cell + y // cell) % 2)[..., None] * rng.uniform(-30, 30, size=3)
+    checker = ((x // cell + y // cell) % 2)[..., None] * rng.uniform(-12, 12, size=3)
 
     return smooth + wave[..., None] * stripe_colour + checker
 
@@ -118,7 +118,7 @@ def _draw_image(
         image[mask] = fill[mask]
         labels[mask] = k
         categories.append(category + 1)
-    image += rng.uniform(-25, 25, size=image.shape)  # sensor-like noise everywhere
+    image += rng.uniform(-10, 10, size=image.shape)  # sensor-like noise everywhere
     objects = []
     for k, category_id in enumerate(categories, start=1):
         visible = labels == k
