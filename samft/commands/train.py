@@ -11,6 +11,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from samft.checkpoint import save_sam
 from samft.commands.common import (
     build_callbacks,
     build_datamodule,
@@ -32,6 +33,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, logger=build_loggers(cfg), callbacks=build_callbacks(cfg)
     )
     output_dir = Path(cfg.output_dir)
+    if not cfg.model.checkpoint and not cfg.ckpt_path and trainer.is_global_zero:
+        # trained from scratch: keep the start point, so `samft eval` can show the gain
+        save_sam(module.model, output_dir / "checkpoints" / "initial.pth")
     if cfg.validate_before_training and not cfg.ckpt_path:
         baseline = trainer.validate(module, datamodule=datamodule, verbose=False)
         if trainer.is_global_zero and baseline:

@@ -25,6 +25,7 @@ from samft.train.clicks import sample_correction_points
 from samft.train.losses import SamLoss
 from samft.train.metrics import PromptedSegmentationMetrics
 from samft.train.optim import OptimConfig, build_optimizer
+from samft.train.prompt_groups import group_prompts
 
 ENCODER_MODES = ("frozen", "lora", "full")
 
@@ -208,22 +209,31 @@ class SamFineTuner(L.LightningModule):
         has_mask_input: Tensor,
         multimask_output: bool,
     ) -> tuple[Tensor, Tensor]:
-        """All P prompts in one decoder call -> low-res logits P x M x s x s, IoU P x M.
+        """All P prompts, batched -> low-res logits P x M x s x s, IoU predictions P x M.
 
-        Points are embedded like the official predictor embeds points without a box (one
-        padding token appended); box corners carry labels 2 and 3.
+        Rows are grouped by token layout (`group_prompts`) so each prompt is embedded exactly
+        as the official predictor embeds it; each group is one decoder call over all images.
         """
         pe = self.model.prompt_encoder
-        sparse, _ = pe(points=(point_coords, point_labels), boxes=None, masks=None)
         dense = self.dense_embeddings(mask_inputs, has_mask_input)
-        return self.model.mask_decoder(
-            embeddings,
-            pe.get_dense_pe(),
-            sparse,
-            dense,
-            multimask_output=multimask_output,
-            image_index=image_index,
-        )
+        image_pe = pe.get_dense_pe()
+        low_res = iou_pred = None
+        for group in group_prompts(point_coords, point_labels):
+            sparse, _ = pe(points=group.points, boxes=group.boxes, masks=None)
+            masks, scores = self.model.mask_decoder(
+                embeddings,
+                image_pe,
+                sparse,
+                dense[group.index],
+                multimask_output=multimask_output,
+                image_index=image_index[group.index],
+            )
+            if low_res is None:
+                low_res = masks.new_empty((point_labels.shape[0], *masks.shape[1:]))
+                iou_pred = scores.new_empty((point_labels.shape[0], scores.shape[1]))
+            low_res = low_res.index_copy(0, group.index, masks)
+            iou_pred = iou_pred.index_copy(0, group.index, scores)
+        return low_res, iou_pred
 
     def upscale(self, low_res: Tensor) -> Tensor:
         """Low-res logits -> logits on the padded input square (first step of postprocess)."""

@@ -1,0 +1,137 @@
+"""SamFineTuner on real data: decoding matches official-layout calls, the loss falls,
+LoRA trains only adapters."""
+
+from __future__ import annotations
+
+import csv
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from samft.data.datamodule import SamDataModule
+from samft.data.prompts import PromptSampler
+from samft.train.module import SamFineTuner
+
+
+def _datamodule(ct_organs, **kwargs) -> SamDataModule:
+    spec = {
+        "format": "coco",
+        "annotations": str(ct_organs / "annotations.json"),
+        "images": str(ct_organs),
+    }
+    options = dict(
+        image_size=256,
+        batch_size=2,
+        num_workers=0,
+        max_objects_per_image=4,
+        prompts=PromptSampler(
+            point_prob=0.5, box_prob=0.5, num_points=(1, 3), num_negatives=(0, 1)
+        ),
+        seed=0,
+    )
+    options.update(kwargs)
+    return SamDataModule(train=spec, val=spec, **options)
+
+
+def _module(**finetune) -> SamFineTuner:
+    return SamFineTuner(
+        model={"variant": "tiny"},
+        finetune={"image_encoder": "full", **finetune},
+        optim={"lr": 1e-3, "warmup_steps": 0, "schedule": "constant"},
+        interactive={"val_clicks": [1]},
+    )
+
+
+def test_batched_decode_equals_one_official_call_per_object(ct_organs):
+    dm = _datamodule(ct_organs)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    module = _module().eval()
+    with torch.no_grad():
+        emb = module.encode_images(batch["images"])
+        # append a correction click per object: rows get different lengths and pads
+        coords = torch.cat(
+            [batch["point_coords"], torch.full_like(batch["point_coords"][:, :1], 40.0)], 1
+        )
+        labels = torch.cat(
+            [batch["point_labels"], torch.zeros_like(batch["point_labels"][:, :1])], 1
+        )
+        low, iou = module.decode(
+            emb,
+            batch["object_image_index"],
+            coords,
+            labels,
+            batch["mask_inputs"],
+            batch["has_mask_input"],
+            True,
+        )
+        pe, dec = module.model.prompt_encoder, module.model.mask_decoder
+        assert len(set(batch["prompt_types"].tolist())) > 1, "want mixed prompt types"
+        for row in range(labels.shape[0]):
+            keep = labels[row] != -1
+            lab, pts = labels[row][keep], coords[row][keep]
+            is_box = (lab == 2) | (lab == 3)
+            box = pts[is_box].reshape(1, 4) if is_box.any() else None
+            points = (pts[~is_box][None], lab[~is_box][None]) if (~is_box).any() else None
+            sparse, dense = pe(points=points, boxes=box, masks=None)
+            image = batch["object_image_index"][row]
+            ref_low, ref_iou = dec(emb[image : image + 1], pe.get_dense_pe(), sparse, dense, True)
+            torch.testing.assert_close(low[row : row + 1], ref_low, atol=1e-4, rtol=0)
+            torch.testing.assert_close(iou[row : row + 1], ref_iou, atol=1e-4, rtol=0)
+
+
+def _fit(module, dm, tmp_path, steps):
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=CSVLogger(tmp_path, name="", version=""),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        enable_model_summary=False,
+        inference_mode=False,
+    )
+    trainer.fit(module, datamodule=dm)
+    with open(tmp_path / "metrics.csv") as f:
+        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def test_loss_falls_on_real_ct_data(ct_organs, tmp_path):
+    torch.manual_seed(0)
+    losses = _fit(_module(), _datamodule(ct_organs), tmp_path, steps=24)
+    assert len(losses) == 24
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < 0.6 * first, (first, last)
+
+
+def test_lora_trains_only_adapters_in_the_encoder(ct_organs, tmp_path):
+    module = _module(image_encoder="lora", lora_rank=2, lora_alpha=4.0)
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    _fit(module, _datamodule(ct_organs), tmp_path, steps=3)
+    after = module.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    encoder_changed = {k for k in changed if k.startswith("image_encoder.")}
+    assert encoder_changed, "LoRA adapters did not train"
+    assert all(k.endswith(".lora_A") or k.endswith(".lora_B") for k in encoder_changed)
+    assert any(k.endswith(".lora_A") for k in encoder_changed)
+    assert any(k.startswith("mask_decoder.") for k in changed)
+
+
+def test_frozen_encoder_builds_no_graph(ct_organs):
+    module = SamFineTuner(model={"variant": "tiny"}, finetune={"image_encoder": "frozen"})
+    dm = _datamodule(ct_organs)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert not module.encode_images(batch["images"]).requires_grad
+    assert not any(p.requires_grad for p in module.model.image_encoder.parameters())
+    assert module.model.training, "Lightning does not call train(): the module must"
+
+
+def test_unknown_config_key_is_named():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['lora_rnk'\] in config group"):
+        SamFineTuner(model={"variant": "tiny"}, finetune={"lora_rnk": 4})
+    with pytest.raises(ValueError, match="finetune.image_encoder"):
+        SamFineTuner(model={"variant": "tiny"}, finetune={"image_encoder": "partial"})
