@@ -152,3 +152,22 @@ def test_two_process_ddp_gathers_metrics_across_ranks(tmp_path):
     assert final["val/num_objects"] == single["val/num_objects"]
     annotations = json.loads((tmp_path / "data" / "annotations_val.json").read_text())
     assert final["val/num_objects"] == len(annotations["annotations"])
+
+
+@pytest.mark.parametrize("name", ["demo", "medsam_box", "lora_vit_b", "interactive_paper"])
+def test_every_recipe_composes_into_valid_configs(name):
+    from hydra import compose, initialize_config_module
+
+    from samft.train.module import FinetuneConfig, InteractiveConfig, ModelConfig, _as_config
+    from samft.train.optim import OptimConfig
+
+    with initialize_config_module("samft.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[f"+experiment={name}", "model.checkpoint=x.pth"])
+    for cls, group in [
+        (ModelConfig, "model"),
+        (FinetuneConfig, "finetune"),
+        (InteractiveConfig, "interactive"),
+        (OptimConfig, "optim"),
+    ]:
+        _as_config(cls, dict(cfg[group]), group)
+    assert cfg.data._target_ == "samft.data.datamodule.SamDataModule"
