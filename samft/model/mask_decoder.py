@@ -103,15 +103,17 @@ class MaskDecoder(nn.Module):
         output_tokens = output_tokens[None].expand(N, -1, -1)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)  # N x T' x C
 
-        if image_index is None:
-            src = torch.repeat_interleave(image_embeddings, N, dim=0)
+        if image_index is None:  # the official call: one image for all N prompts
+            image_index = torch.zeros(N, dtype=torch.long, device=tokens.device)
+        _, C, h, w = image_embeddings.shape
+        if dense_is_shared(dense_prompt_embeddings):
+            # no per-prompt mask prompt: the image tokens start equal for all prompts of an
+            # image, and the transformer's first block works on them once per image
+            src = image_embeddings + dense_prompt_embeddings[:1]
+            hs, src = self.transformer(src, image_pe, tokens, image_index=image_index)
         else:
-            src = image_embeddings[image_index]
-        src = src + dense_prompt_embeddings
-        pos_src = image_pe.expand(src.shape[0], -1, -1, -1)
-        _, C, h, w = src.shape
-
-        hs, src = self.transformer(src, pos_src, tokens)
+            src = image_embeddings[image_index] + dense_prompt_embeddings
+            hs, src = self.transformer(src, image_pe.expand(N, -1, -1, -1), tokens)
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
 
@@ -125,6 +127,17 @@ class MaskDecoder(nn.Module):
             -1, self.num_mask_tokens, uh, uw
         )
         return masks, self.iou_prediction_head(iou_token_out)
+
+
+def dense_is_shared(dense: Tensor) -> bool:
+    """True when every row of the `N x C x h x w` dense prompt embeddings is the same.
+
+    An expanded `no_mask_embed` (no mask prompt anywhere) is recognised from its strides;
+    otherwise the rows are compared, which costs far less than the decoder itself.
+    """
+    if dense.shape[0] == 1 or dense.stride(0) == 0:
+        return True
+    return bool(torch.equal(dense, dense[:1].expand_as(dense)))
 
 
 class MLP(nn.Module):

@@ -3,6 +3,12 @@
 Each layer runs token self-attention, tokens-to-image cross-attention, an MLP on the
 tokens, and image-to-tokens cross-attention, so both streams are updated. Positional
 encodings are re-added to queries and keys at every attention, never to values.
+
+Batched prompts: with `image_index` the image tokens are given once per image, not once per
+prompt. Until the first block has updated them they are the same for every prompt of an
+image, so that block projects them once per image (the keys and values of token-to-image
+attention, the queries of image-to-token attention) and gathers the results per prompt.
+The arithmetic per prompt is the official one; only repeated work is skipped.
 """
 
 from __future__ import annotations
@@ -47,22 +53,35 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(
-        self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor
+        self,
+        image_embedding: Tensor,
+        image_pe: Tensor,
+        point_embedding: Tensor,
+        image_index: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Run the decoder transformer.
 
         Args:
-            image_embedding: `B x C x h x w`.
-            image_pe: `B x C x h x w` positional encoding of the image tokens.
-            point_embedding: `B x T x C` output and prompt tokens (also their query PE).
+            image_embedding: `N x C x h x w`, one per prompt; with `image_index`,
+                `B x C x h x w`, one per image, shared by all prompts of that image.
+            image_pe: `N x C x h x w` (or `1 x C x h x w`) positional encoding of the
+                image tokens.
+            point_embedding: `N x T x C` output and prompt tokens (also their query PE).
+            image_index: LongTensor `N`, the image of each prompt (see the module doc).
 
         Returns:
-            tokens `B x T x C` and image tokens `B x hw x C`.
+            tokens `N x T x C` and image tokens `N x hw x C`.
         """
-        keys = image_embedding.flatten(2).transpose(1, 2)  # B x hw x C
+        keys = image_embedding.flatten(2).transpose(1, 2)  # B x hw x C (N without index)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
-        for layer in self.layers:
+        layers = list(self.layers)
+        if image_index is not None:
+            queries, keys = layers.pop(0).forward_shared_image(
+                queries, keys, point_embedding, key_pe, image_index
+            )
+            key_pe = key_pe.expand(keys.shape[0], -1, -1)
+        for layer in layers:
             queries, keys = layer(queries, keys, query_pe=point_embedding, key_pe=key_pe)
         attn = self.final_attn_token_to_image(q=queries + point_embedding, k=keys + key_pe, v=keys)
         queries = self.norm_final_attn(queries + attn)
@@ -119,6 +138,47 @@ class TwoWayAttentionBlock(nn.Module):
         keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
         return queries, keys
 
+    def forward_shared_image(
+        self,
+        queries: Tensor,
+        image_keys: Tensor,
+        query_pe: Tensor,
+        key_pe: Tensor,
+        image_index: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """`forward` for prompts whose image tokens are shared per image.
+
+        Args:
+            queries, query_pe: `N x T x C` tokens of N prompts.
+            image_keys: `B x hw x C`, the image tokens of B images.
+            key_pe: `1 x hw x C` or `B x hw x C`.
+            image_index: LongTensor `N`, the image of each prompt.
+
+        Returns:
+            tokens `N x T x C` and per-prompt image tokens `N x hw x C`, equal to
+            `forward(queries, image_keys[image_index], ...)`.
+        """
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q=q, k=q, v=queries)
+        queries = self.norm1(queries)
+
+        keys_with_pe = image_keys + key_pe  # B x hw x C
+        to_image = self.cross_attn_token_to_image
+        k = to_image.k_proj(keys_with_pe)[image_index]  # once per image, then per prompt
+        v = to_image.v_proj(image_keys)[image_index]
+        out = to_image.attend(to_image.q_proj(queries + query_pe), k, v)
+        queries = self.norm2(queries + out)
+        queries = self.norm3(queries + self.mlp(queries))
+
+        to_token = self.cross_attn_image_to_token
+        q = to_token.q_proj(keys_with_pe)[image_index]
+        out = to_token.attend(q, to_token.k_proj(queries + query_pe), to_token.v_proj(queries))
+        keys = self.norm4(image_keys[image_index] + out)
+        return queries, keys
+
 
 class Attention(nn.Module):
     """Multi-head attention whose projections can shrink the width by `downsample_rate`."""
@@ -144,9 +204,11 @@ class Attention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """`q: B x Nq x C`, `k, v: B x Nk x C` -> `B x Nq x C`."""
-        q = self._split_heads(self.q_proj(q))
-        k = self._split_heads(self.k_proj(k))
-        v = self._split_heads(self.v_proj(v))
+        return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention on inputs already projected: `B x Nq x D`, `B x Nk x D` -> `B x Nq x C`."""
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
         out = F.scaled_dot_product_attention(q, k, v)
         B, _, N, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(B, N, self.internal_dim))
