@@ -171,3 +171,14 @@ def test_every_recipe_composes_into_valid_configs(name):
     ]:
         _as_config(cls, dict(cfg[group]), group)
     assert cfg.data._target_ == "samft.data.datamodule.SamDataModule"
+
+
+def test_data_command_reports_statistics_and_pictures(tmp_path):
+    out = tmp_path / "report"
+    args = _overrides(tmp_path / "data", out)
+    result = _run(["data", *args[1:]], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train: " in result.stdout and "skipped:" in result.stdout
+    stats = json.loads((out / "data_stats.json").read_text())
+    assert stats["train"]["images"] == 8 and stats["val"]["images"] == 4
+    assert (out / "train_samples.png").is_file() and (out / "val_samples.png").is_file()
