@@ -63,6 +63,11 @@ def official():
     _install_torchvision_stand_in()
     import segment_anything
 
+    if getattr(sys.modules.get("torchvision"), "__file__", None) is None:
+        # segment_anything holds the two functions it imported; take the stand-in out of
+        # sys.modules so lightning and torchmetrics never mistake it for torchvision
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
     return segment_anything
 
 
