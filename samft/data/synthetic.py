@@ -1,6 +1,6 @@
 """A small deterministic dataset of shapes, written in COCO format for the demo.
 
-samft ships no real data, so the demo draws its own: textured, noisy backgrounds with a few
+samft ships no real data, so the demo draws its own: smooth, slightly noisy backgrounds with a few
 filled circles, rectangles, triangles and ellipses of random colours that may occlude one
 another (each mask is what stays visible). It is written as PNGs plus COCO instance files
 so the demo goes through the same COCO reader as users' data.
@@ -28,36 +28,25 @@ log = logging.getLogger(__name__)
 
 CATEGORIES = ("circle", "rectangle", "triangle", "ellipse")  # COCO ids 1..4 in this order
 MARKER = ".samft_shapes.json"  # written last: its presence means the dataset is complete
-FORMAT_VERSION = 2  # 2: milder backgrounds, so the tiny demo model learns in minutes
+FORMAT_VERSION = 3  # 3: calm backgrounds, so the tiny demo model learns in minutes
 MIN_VISIBLE_AREA = 16  # shapes occluded down to fewer pixels are left out
 SPLITS = ("train", "val")
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """size x size x 3 float image: a smooth colour field, stripes and a checker, mixed."""
-    # smooth field: bilinear upsampling of a coarse random grid
-    cells = int(rng.integers(3, 9))
-    coarse = rng.uniform(64, 192, size=(cells + 1, cells + 1, 3))
+    """size x size x 3 float image: a smooth, mid-grey colour field.
+
+    Kept calm on purpose: the demo trains a tiny SAM from scratch on a CPU in minutes, and
+    busy textures (tried: stripes, checkers, strong noise) delay the moment it starts to
+    separate objects from background by hundreds of steps.
+    """
+    cells = int(rng.integers(2, 4))
+    coarse = rng.uniform(90, 170, size=(cells + 1, cells + 1, 3))
     t = np.arange(size, dtype=np.float64) * (cells / size)
     i0 = t.astype(np.int64)
     f = t - i0
     rows = coarse[i0] * (1 - f)[:, None, None] + coarse[i0 + 1] * f[:, None, None]
-    smooth = rows[:, i0] * (1 - f)[None, :, None] + rows[:, i0 + 1] * f[None, :, None]
-
-    # stripes: a triangle wave along a random direction (no trigonometry needed)
-    direction = rng.uniform(-1, 1, size=2) + 1e-3
-    direction /= np.sqrt((direction**2).sum())
-    period = rng.uniform(6, 40)
-    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
-    phase = (x * direction[0] + y * direction[1]) / period
-    wave = np.abs(2 * (phase - np.floor(phase)) - 1)  # 0..1
-    stripe_colour = rng.uniform(-20, 20, size=3)
-
-    # checker of random cell size
-    cell = int(rng.integers(8, 48))
-    checker = ((x // cell + y // cell) % 2)[..., None] * rng.uniform(-12, 12, size=3)
-
-    return smooth + wave[..., None] * stripe_colour + checker
+    return rows[:, i0] * (1 - f)[None, :, None] + rows[:, i0 + 1] * f[None, :, None]
 
 
 def _unit_vector(rng: np.random.Generator) -> tuple[float, float]:
