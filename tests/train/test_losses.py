@@ -215,3 +215,25 @@ def test_shape_errors_name_what_was_expected():
         sigmoid_focal_loss(torch.zeros(2, 3, 4, 4), torch.zeros(2, 5, 4))
     with pytest.raises(ValueError, match="iou_predictions"):
         SamLoss()(torch.zeros(2, 3, 4, 4), torch.zeros(2, 1), torch.zeros(2, 4, 4))
+
+
+def test_eligible_masks_limit_the_choice_and_the_iou_supervision():
+    torch.manual_seed(0)
+    gt = torch.zeros(2, 4, 4, dtype=torch.bool)
+    gt[:, 1:3, 1:3] = True
+    perfect = torch.where(gt, 10.0, -10.0)
+    logits = torch.stack([-perfect, perfect, -perfect, perfect], dim=1)  # 2 x 4 x 4 x 4
+    logits.requires_grad_(True)
+    iou_pred = torch.full((2, 4), 0.5, requires_grad=True)
+    # object 0 may use only mask 0 (single output), object 1 only masks 1..3
+    eligible = torch.tensor([[True, False, False, False], [False, True, True, True]])
+    out = SamLoss()(logits, iou_pred, gt, None, 2.0, eligible=eligible)
+    assert out.best_index.tolist() == [0, 1]
+    out.total.backward()
+    assert logits.grad[0, 1:].abs().sum() == 0 and logits.grad[0, 0].abs().sum() > 0
+    assert logits.grad[1, [0, 2, 3]].abs().sum() == 0
+    # IoU MSE only over eligible masks: object 0 -> (0.5 - 0)^2, object 1 -> mean of
+    # (0.5 - 1)^2, (0.5 - 0)^2, (0.5 - 1)^2
+    expected = (0.25 + (0.25 + 0.25 + 0.25) / 3) / 2
+    assert out.iou.item() == pytest.approx(expected)
+    assert iou_pred.grad[0, 1:].abs().sum() == 0 and iou_pred.grad[1, 0] == 0
