@@ -210,7 +210,7 @@ def evaluate_checkpoint(
     dataset_spec: Mapping[str, Any],
     prompts: Mapping[str, Mapping[str, Any] | None] | None = None,
     clicks: Sequence[int] = DEFAULT_CLICKS,
-    multimask_output: bool = True,
+    multimask_output: bool | str = True,
     seed: int = 0,
     min_area: float = 16,
     max_area_fraction: float = 0.9,

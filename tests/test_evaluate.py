@@ -80,7 +80,7 @@ def test_prompts_are_the_same_on_every_run(ct_spec, dataset):
 
 def test_metrics_agree_with_the_predictor_on_the_same_prompts(weights, ct_spec, dataset):
     """Per prompt type, mIoU and the IoU head's error equal a hand-run of the predictor
-    (input frame, best of three masks by predicted IoU, padding point appended)."""
+    (input frame, best of three masks by predicted IoU, each prompt in the official layout)."""
     summary = evaluate_checkpoint(weights[0], ct_spec, clicks=[], max_images=3, trainer_options=CPU)
     predictor = SamPredictor(build_sam("tiny", checkpoint=weights[0]))
     ious: dict[int, list[float]] = {PROMPT_ONE_POINT: [], PROMPT_POINTS: [], PROMPT_BOX: []}
@@ -89,9 +89,18 @@ def test_metrics_agree_with_the_predictor_on_the_same_prompts(weights, ct_spec, 
         sample = dataset[index]
         h, w = sample["input_size"].tolist()
         predictor.set_torch_image(sample["image"][None].float(), (h, w))
-        masks, scores, _ = predictor.predict_torch(
-            sample["point_coords"], sample["point_labels"], multimask_output=True
-        )
+        # each prompt as a user gives it: real points (+ the box), no batch padding
+        per_object = []
+        for coords, labels in zip(sample["point_coords"], sample["point_labels"], strict=True):
+            coords, labels = coords[labels != -1], labels[labels != -1]
+            corner = (labels == 2) | (labels == 3)
+            box = coords[corner].reshape(1, 4) if corner.any() else None
+            points = (
+                (coords[~corner][None], labels[~corner][None]) if (~corner).any() else (None,) * 2
+            )
+            per_object.append(predictor.predict_torch(*points, boxes=box, multimask_output=True))
+        masks = torch.cat([m for m, _, _ in per_object])
+        scores = torch.cat([s for _, s, _ in per_object])
         best = scores.argmax(dim=1)
         rows = torch.arange(len(best))
         chosen, gt = masks[rows, best], sample["masks"]

@@ -38,6 +38,7 @@ class ModelConfig:
     checkpoint: str | None = None
     image_size: int | None = None
     activation_checkpointing: bool = False
+    compile: bool | str = False  # torch.compile encoder and decoder; a string names the backend
 
 
 @dataclass
@@ -63,13 +64,18 @@ class FinetuneConfig:
 class InteractiveConfig:
     """How prompts are iterated in training and validation (Hydra group `interactive`).
 
+    `multimask_output` for the first prompt: `auto` answers a single positive point (the
+    ambiguous prompt) with the three multimask outputs and any other prompt with the
+    single-mask output, as the SAM paper trains and as users call the predictor; `true` or
+    `false` force one kind. Later rounds always use the single-mask output.
+
     `correction_rounds` add one click each from the error region of the best mask;
     `mask_only_rounds` then feed back the previous mask with no new point (the paper uses
     8 and 2). `loss_rounds` says which rounds' losses are trained: `all`, `first` or `last`.
     Validation simulates `max(val_clicks)` centre clicks and reports each listed count.
     """
 
-    multimask_output: bool = True
+    multimask_output: bool | str = "auto"
     correction_rounds: int = 0
     mask_only_rounds: int = 0
     click_mode: str = "random"
@@ -80,6 +86,11 @@ class InteractiveConfig:
         if self.loss_rounds not in ("all", "first", "last"):
             raise ValueError(
                 f"interactive.loss_rounds must be all, first or last, got '{self.loss_rounds}'"
+            )
+        if self.multimask_output not in (True, False, "auto"):
+            raise ValueError(
+                "interactive.multimask_output must be true, false or auto, "
+                f"got '{self.multimask_output}'"
             )
         if self.correction_rounds < 0 or self.mask_only_rounds < 0:
             raise ValueError("interactive rounds must be >= 0")
@@ -157,6 +168,10 @@ class SamFineTuner(L.LightningModule):
             apply_lora(
                 sam.image_encoder, ft.lora_rank, ft.lora_alpha, ft.lora_dropout, ft.lora_targets
             )
+        if cfg.compile:  # in place: parameter names and checkpoint keys stay the same
+            backend = "inductor" if cfg.compile is True else str(cfg.compile)
+            sam.image_encoder.compile(backend=backend)
+            sam.mask_decoder.compile(backend=backend)
         return sam
 
     def _set_trainable(self) -> None:
@@ -188,6 +203,14 @@ class SamFineTuner(L.LightningModule):
         with torch.no_grad():
             return self.model.image_encoder(x)
 
+    def batch_embeddings(self, batch: dict[str, Any]) -> Tensor:
+        """B x C x h' x w': the batch's cached embeddings (`samft.cache`) when it carries
+        them, else the encoder's output for its images."""
+        cached = batch.get("embeddings")
+        if cached is not None:
+            return cached.to(self.model.pixel_mean.dtype)
+        return self.encode_images(batch["images"])
+
     def dense_embeddings(self, mask_inputs: Tensor, has_mask_input: Tensor) -> Tensor:
         """P x C x h' x w': the mask prompt's embedding where given, `no_mask_embed` elsewhere."""
         pe = self.model.prompt_encoder
@@ -207,9 +230,10 @@ class SamFineTuner(L.LightningModule):
         point_labels: Tensor,
         mask_inputs: Tensor,
         has_mask_input: Tensor,
-        multimask_output: bool,
-    ) -> tuple[Tensor, Tensor]:
-        """All P prompts, batched -> low-res logits P x M x s x s, IoU predictions P x M.
+        multimask_output: bool | str,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """All P prompts, batched -> every output mask, low-res logits P x 4 x s x s, their
+        IoU predictions P x 4, and which outputs answer each prompt (P x 4 bool).
 
         Rows are grouped by token layout (`group_prompts`) so each prompt is embedded exactly
         as the official predictor embeds it; each group is one decoder call over all images.
@@ -220,20 +244,26 @@ class SamFineTuner(L.LightningModule):
         low_res = iou_pred = None
         for group in group_prompts(point_coords, point_labels):
             sparse, _ = pe(points=group.points, boxes=group.boxes, masks=None)
-            masks, scores = self.model.mask_decoder(
-                embeddings,
-                image_pe,
-                sparse,
-                dense[group.index],
-                multimask_output=multimask_output,
-                image_index=image_index[group.index],
+            masks, scores = self.model.mask_decoder.predict_masks(
+                embeddings, image_pe, sparse, dense[group.index], image_index[group.index]
             )
             if low_res is None:
                 low_res = masks.new_empty((point_labels.shape[0], *masks.shape[1:]))
                 iou_pred = scores.new_empty((point_labels.shape[0], scores.shape[1]))
             low_res = low_res.index_copy(0, group.index, masks)
             iou_pred = iou_pred.index_copy(0, group.index, scores)
-        return low_res, iou_pred
+        return low_res, iou_pred, self.answering_outputs(point_labels, multimask_output)
+
+    @staticmethod
+    def answering_outputs(point_labels: Tensor, multimask_output: bool | str) -> Tensor:
+        """P x 4 bool: output 0 (single mask) or outputs 1..3 (multimask) for each prompt."""
+        if multimask_output == "auto":
+            positives = (point_labels == 1).sum(dim=1)
+            others = ((point_labels != 1) & (point_labels != -1)).sum(dim=1)
+            ambiguous = (positives == 1) & (others == 0)
+        else:
+            ambiguous = torch.full_like(point_labels[:, 0], bool(multimask_output), dtype=bool)
+        return torch.cat([~ambiguous[:, None], ambiguous[:, None].expand(-1, 3)], dim=1)
 
     def upscale(self, low_res: Tensor) -> Tensor:
         """Low-res logits -> logits on the padded input square (first step of postprocess)."""
@@ -261,7 +291,7 @@ class SamFineTuner(L.LightningModule):
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         cfg = self.interactive_config
-        embeddings = self.encode_images(batch["images"])
+        embeddings = self.batch_embeddings(batch)
         gt = batch["gt_masks"]
         valid = self.valid_region(batch)
         num_objects = self.num_objects_per_rank(gt.shape[0])
@@ -274,17 +304,17 @@ class SamFineTuner(L.LightningModule):
         counted = set(counted[cfg.loss_rounds])
         totals: dict[str, Tensor] = {}
         for round_index in range(num_rounds):
-            low_res, iou_pred = self.decode(
+            low_res, iou_pred, eligible = self.decode(
                 embeddings,
                 batch["object_image_index"],
                 coords,
                 labels,
                 mask_inputs,
                 has_mask,
-                multimask_output=cfg.multimask_output and round_index == 0,
+                multimask_output=cfg.multimask_output if round_index == 0 else False,
             )
             logits = self.upscale(low_res)
-            out = self.loss_fn(logits, iou_pred, gt, valid, num_objects)
+            out = self.loss_fn(logits, iou_pred, gt, valid, num_objects, eligible=eligible)
             if round_index in counted:
                 for key in ("total", "focal", "dice", "iou"):
                     totals[key] = totals.get(key, 0.0) + getattr(out, key) / len(counted)
@@ -319,7 +349,7 @@ class SamFineTuner(L.LightningModule):
         """First prompt, then simulated centre clicks; the mask kept at each step is the
         one the IoU head scores highest, as at inference."""
         cfg = self.interactive_config
-        embeddings = self.encode_images(batch["images"])
+        embeddings = self.batch_embeddings(batch)
         gt = batch["gt_masks"]
         valid = self.valid_region(batch)
         rows = torch.arange(gt.shape[0], device=gt.device)
@@ -333,20 +363,22 @@ class SamFineTuner(L.LightningModule):
         }
         max_clicks = max(cfg.val_clicks, default=0)
         for click in range(max_clicks + 1):
-            low_res, iou_pred = self.decode(
+            low_res, iou_pred, eligible = self.decode(
                 embeddings,
                 batch["object_image_index"],
                 coords,
                 labels,
                 mask_inputs,
                 has_mask,
-                multimask_output=cfg.multimask_output and click == 0,
+                multimask_output=cfg.multimask_output if click == 0 else False,
             )
             logits = self.upscale(low_res)
-            best = iou_pred.argmax(dim=1)
+            best = iou_pred.masked_fill(~eligible, float("-inf")).argmax(dim=1)
             pred = logits[rows, best] > self.model.mask_threshold
             if click == 0:
-                loss = self.loss_fn(logits, iou_pred, gt, valid, float(gt.shape[0]))
+                loss = self.loss_fn(
+                    logits, iou_pred, gt, valid, float(gt.shape[0]), eligible=eligible
+                )
                 self.log(
                     f"{stage}/loss", loss.total, batch_size=len(batch["images"]), sync_dist=True
                 )

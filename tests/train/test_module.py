@@ -58,7 +58,7 @@ def test_batched_decode_equals_one_official_call_per_object(ct_organs):
         labels = torch.cat(
             [batch["point_labels"], torch.zeros_like(batch["point_labels"][:, :1])], 1
         )
-        low, iou = module.decode(
+        low, iou, answering = module.decode(
             emb,
             batch["object_image_index"],
             coords,
@@ -77,9 +77,26 @@ def test_batched_decode_equals_one_official_call_per_object(ct_organs):
             points = (pts[~is_box][None], lab[~is_box][None]) if (~is_box).any() else None
             sparse, dense = pe(points=points, boxes=box, masks=None)
             image = batch["object_image_index"][row]
-            ref_low, ref_iou = dec(emb[image : image + 1], pe.get_dense_pe(), sparse, dense, True)
-            torch.testing.assert_close(low[row : row + 1], ref_low, atol=1e-4, rtol=0)
-            torch.testing.assert_close(iou[row : row + 1], ref_iou, atol=1e-4, rtol=0)
+            for multimask, outputs in ((True, slice(1, None)), (False, slice(0, 1))):
+                ref_low, ref_iou = dec(
+                    emb[image : image + 1], pe.get_dense_pe(), sparse, dense, multimask
+                )
+                torch.testing.assert_close(low[row : row + 1, outputs], ref_low, atol=1e-4, rtol=0)
+                torch.testing.assert_close(iou[row : row + 1, outputs], ref_iou, atol=1e-4, rtol=0)
+        assert answering[:, 1:].all() and not answering[:, 0].any()  # multimask forced on
+
+
+def test_auto_multimask_answers_only_a_single_point_with_three_masks():
+    labels = torch.tensor([[1, -1], [1, 1], [1, 0], [2, 3], [0, -1]])
+    answering = SamFineTuner.answering_outputs(labels, "auto")
+    assert answering.tolist() == [
+        [False, True, True, True],
+        [True, False, False, False],
+        [True, False, False, False],
+        [True, False, False, False],
+        [True, False, False, False],
+    ]
+    assert SamFineTuner.answering_outputs(labels, False)[:, 0].all()
 
 
 def _fit(module, dm, tmp_path, steps):
