@@ -15,6 +15,7 @@ The batch (what the training module reads), for B images and P objects in total:
     has_mask_input      P bool
     object_areas        P float, pixels before the resize
     category_ids        P long, -1 where the format has none
+    embeddings          B x C x h x w fp16, only when the samples carry cached embeddings
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
             torch.cat([s[key].to(dtype) for s in samples]) if total else torch.zeros(0, dtype=dtype)
         )
 
-    return {
+    batch = {
         "images": [s["image"] for s in samples],
         "input_sizes": torch.stack([s["input_size"] for s in samples]).long(),
         "original_sizes": torch.stack([s["original_size"] for s in samples]).long(),
@@ -75,3 +76,6 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "object_areas": cat("object_areas", torch.float32),
         "category_ids": cat("category_ids", torch.long),
     }
+    if all("embedding" in s for s in samples):
+        batch["embeddings"] = torch.stack([s["embedding"] for s in samples])
+    return batch

@@ -9,12 +9,15 @@ Seeding: in training every call draws fresh randomness from torch's generator, w
 Lightning seeds per worker and epoch; with `deterministic=True` (validation, test) a
 sample's randomness comes from `stable_seed(seed, image_id)` alone, so the objects and
 prompts are the same in every epoch, worker and process.
+
+Cached embeddings (`use_embeddings`): the albumentations pipeline is replaced by flips drawn
+here, and each sample carries the embedding of exactly the orientation it shows.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Protocol
 
 import albumentations as A
 import numpy as np
@@ -32,6 +35,25 @@ from samft.data.resize import resize_image, resize_masks
 # augmentation attempt lost all objects, so the un-augmented image was used.
 AUG_DROPPED = "objects_dropped_by_augmentation"
 AUG_FALLBACK = "augmentation_fallbacks"
+
+# How a sample may be flipped when embeddings come from a cache: none, horizontally
+# (left-right), vertically (up-down) or both.
+ORIENTATIONS = ("none", "h", "v", "hv")
+
+
+def orient(array: np.ndarray, orientation: str, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """Flip `array` (its rows and columns on `axes`) into one of `ORIENTATIONS`."""
+    if "h" in orientation:
+        array = np.flip(array, axis=axes[1])
+    if "v" in orientation:
+        array = np.flip(array, axis=axes[0])
+    return np.ascontiguousarray(array)
+
+
+class EmbeddingSource(Protocol):
+    """Where cached embeddings come from (`samft.cache.EmbeddingCache`)."""
+
+    def get(self, path: Any, orientation: str) -> torch.Tensor: ...
 
 
 class SamDataset(Dataset):
@@ -83,6 +105,8 @@ class SamDataset(Dataset):
         self.max_augment_tries = max(int(max_augment_tries), 1)
         self.skipped: Counter[str] = Counter()
         self.runtime: Counter[str] = Counter()
+        self.embeddings: EmbeddingSource | None = None
+        self.flip_probs = (0.0, 0.0)
         # (record index, usable object indices) for every image that keeps an object
         self.items: list[tuple[int, list[int]]] = []
         for r, record in enumerate(reader.records):
@@ -105,6 +129,16 @@ class SamDataset(Dataset):
         draw = int(torch.randint(0, 2**62, ()).item())
         return np.random.default_rng([self.seed, draw, index])
 
+    def use_embeddings(self, source: EmbeddingSource, flip_probs: tuple[float, float]) -> None:
+        """Serve cached embeddings: samples get `embedding` (`C x h x w`) and are flipped
+        with probabilities `flip_probs` (horizontal, vertical) instead of `augment`."""
+        self.embeddings = source
+        self.flip_probs = (float(flip_probs[0]), float(flip_probs[1]))
+
+    def _draw_orientation(self, rng: np.random.Generator) -> str:
+        flip_h, flip_v = (bool(rng.random() < p) for p in self.flip_probs)
+        return {(0, 0): "none", (1, 0): "h", (0, 1): "v", (1, 1): "hv"}[(flip_h, flip_v)]
+
     def _augment(
         self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,7 +160,16 @@ class SamDataset(Dataset):
         rng = self.rng(index)
         chosen = choose_objects(usable, self.max_objects, rng)
         loaded = self.reader.load(record, chosen)
-        image, masks, kept = self._augment(loaded.image, loaded.masks, rng)
+        orientation = None
+        if self.embeddings is None:
+            image, masks, kept = self._augment(loaded.image, loaded.masks, rng)
+        else:
+            orientation = self._draw_orientation(rng)
+            image, masks = (
+                orient(loaded.image, orientation),
+                orient(loaded.masks, orientation, (1, 2)),
+            )
+            kept = np.ones(len(masks), dtype=bool)
         chosen = [c for c, k in zip(chosen, kept, strict=True) if k]
 
         original_size = image.shape[:2]
@@ -143,7 +186,7 @@ class SamDataset(Dataset):
             labels[i, : len(prompt.labels)] = prompt.labels
         low = self.image_size // 4
         mask_inputs = [p.mask_input for p in prompts if p.mask_input is not None]
-        return {
+        sample = {
             "image_id": record.image_id,
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "input_size": torch.tensor(image.shape[:2], dtype=torch.long),
@@ -163,3 +206,6 @@ class SamDataset(Dataset):
                 [record.objects[c].category_id for c in chosen], dtype=torch.long
             ),
         }
+        if self.embeddings is not None:
+            sample["embedding"] = self.embeddings.get(record.path, orientation)
+        return sample

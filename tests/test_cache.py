@@ -1,0 +1,232 @@
+"""The embedding cache on real CT slices: what it stores is what the encoder computes for
+the pixels a sample shows, training reads it, and a stale or partial cache is refused."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import albumentations as A
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from samft.cache import (
+    CacheError,
+    CacheJob,
+    EmbeddingCache,
+    EmbeddingCacheCallback,
+    build_cache,
+    cache_key,
+    flip_probabilities,
+    orientations_for,
+    why_not_cached,
+)
+from samft.commands.cache import cache_embeddings
+from samft.data.collate import collate_samples
+from samft.data.datamodule import SamDataModule
+from samft.data.prompts import PromptSampler
+from samft.data.readers import build_reader
+from samft.train.module import SamFineTuner
+
+FP16_ATOL = 5e-3  # embeddings are stored in half precision
+
+
+@pytest.fixture
+def ct_copy(ct_organs, tmp_path) -> Path:
+    """A private copy of the CT data, so tests may touch its files."""
+    return Path(shutil.copytree(ct_organs, tmp_path / "ct"))
+
+
+def _spec(root: Path) -> dict:
+    return {"format": "coco", "annotations": str(root / "annotations.json"), "images": str(root)}
+
+
+def _module(encoder: str = "frozen") -> SamFineTuner:
+    torch.manual_seed(0)
+    return SamFineTuner(
+        model={"variant": "tiny"},
+        finetune={"image_encoder": encoder},
+        optim={"lr": 1e-3, "warmup_steps": 0, "schedule": "constant"},
+        interactive={"val_clicks": [1]},
+    )
+
+
+def _embed(sam):
+    def embed(images):
+        return sam.image_encoder(torch.cat([sam.preprocess(i[None].float()) for i in images]))
+
+    return embed
+
+
+def _jobs(root: Path, orientations=("none", "h")) -> list[CacheJob]:
+    reader = build_reader(_spec(root), "test")
+    return [
+        CacheJob(r.path, tuple(orientations), lambda r=r: reader.load_image(r))
+        for r in reader.records
+    ]
+
+
+def _datamodule(root: Path, augment=None) -> SamDataModule:
+    return SamDataModule(
+        train=_spec(root),
+        val=_spec(root),
+        image_size=256,
+        batch_size=2,
+        max_objects_per_image=3,
+        train_augment=augment,
+        prompts=PromptSampler(point_prob=0.5, box_prob=0.5),
+    )
+
+
+@pytest.fixture
+def built(ct_copy, tmp_path):
+    """(module, cache dir, data root): a frozen tiny model's cache of the CT images."""
+    module = _module()
+    sam = module.model.eval()
+    counts = build_cache(tmp_path / "cache", cache_key(sam), _jobs(ct_copy), _embed(sam))
+    sam.train()
+    assert counts == {"computed": 10, "reused": 0, "entries": 10}
+    return module, tmp_path / "cache", ct_copy
+
+
+def test_flip_only_pipelines_are_servable_others_say_why():
+    both = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.25)])
+    assert flip_probabilities(both) == ((0.5, 0.25), "")
+    assert orientations_for((0.5, 0.25)) == ["none", "h", "v", "hv"]
+    assert orientations_for((0.5, 0.0)) == ["none", "h"]
+    assert flip_probabilities(None) == ((0.0, 0.0), "")
+    affine = A.Compose([A.HorizontalFlip(p=0.5), A.Affine(scale=(0.9, 1.1), p=0.5)])
+    assert "Affine" in why_not_cached("frozen", affine)
+    assert "lora" in why_not_cached("lora", None)
+    assert why_not_cached("frozen", both) == ""
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
+def test_cached_embeddings_are_what_training_would_compute(built):
+    """Samples from a cached dataset carry the embedding of the orientation they show:
+    equal, up to fp16, to the encoder's output on the batch's (flipped) pixels."""
+    module, root, data = built
+    dm = _datamodule(data, augment=[{"name": "HorizontalFlip", "p": 0.5}])
+    dataset = dm.build_dataset("train")
+    cache = EmbeddingCache.open(root, cache_key(module.model))
+    dataset.use_embeddings(cache, (0.5, 0.0))
+    torch.manual_seed(3)
+    samples = [dataset[i % len(dataset)] for i in range(8)]
+    batch = collate_samples(samples)
+    assert batch["embeddings"].dtype == torch.float16
+    with torch.no_grad():
+        direct = module.encode_images(batch["images"])
+    torch.testing.assert_close(batch["embeddings"].float(), direct, atol=FP16_ATOL, rtol=0)
+    # both orientations occurred, and a flipped embedding is not the unflipped one
+    first = dataset.record(0).path
+    plain, flipped = cache.get(first, "none"), cache.get(first, "h")
+    assert (plain.float() - flipped.float()).abs().max() > 0.1
+
+    # the training loss from the cache equals the loss from the encoder
+    module.train()
+    with torch.no_grad():
+        cached_loss = module.training_step(batch, 0)
+        uncached = {k: v for k, v in batch.items() if k != "embeddings"}
+        torch.manual_seed(0)
+        plain_loss = module.training_step(uncached, 0)
+    torch.testing.assert_close(cached_loss, plain_loss, atol=1e-3, rtol=1e-3)
+
+
+def test_stale_cache_is_refused_with_the_reason(built):
+    module, root, data = built
+    key = cache_key(module.model)
+    other = _module()
+    with torch.no_grad():
+        other.model.image_encoder.neck[0].weight.add_(1e-3)
+    with pytest.raises(CacheError, match="stale: built for other encoder weights"):
+        EmbeddingCache.open(root, cache_key(other.model))
+    bigger = type(key)(**{**key.__dict__, "image_size": 512})
+    with pytest.raises(CacheError, match="image_size is 256, expected 512"):
+        EmbeddingCache.open(root, bigger)
+
+    cache = EmbeddingCache.open(root, key)
+    images = [r.path for r in build_reader(_spec(data), "t").records]
+    cache.check_covers(images, ["none", "h"])
+    with pytest.raises(CacheError, match=r"lacks 5 embedding\(s\).*\(v\)"):
+        cache.check_covers(images, ["none", "v"])
+    stat = images[0].stat()
+    os.utime(images[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(CacheError, match="1 image file\\(s\\) changed"):
+        cache.check_covers(images, ["none"])
+
+
+def test_partial_or_damaged_cache_is_refused_and_a_rerun_completes_it(built):
+    module, root, data = built
+    key = cache_key(module.model)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["complete"] = False
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match="partial"):
+        EmbeddingCache.open(root, key)
+    # a rerun keeps what is there and adds what is missing
+    counts = build_cache(
+        root, key, _jobs(data, ("none", "h", "v")), _embed(module.model.eval()), shard_mb=0.01
+    )
+    assert counts == {"computed": 5, "reused": 10, "entries": 15}
+    assert len(list(root.glob("shard-*.safetensors"))) > 1
+    cache = EmbeddingCache.open(root, key)
+    shard = next(iter(cache.manifest["shards"]))
+    with open(root / shard, "r+b") as handle:
+        handle.truncate(100)
+    with pytest.raises(CacheError, match=f"shard {shard} is missing or has a different size"):
+        EmbeddingCache.open(root, key)
+    with pytest.raises(CacheError, match="no embedding cache at"):
+        EmbeddingCache.open(root / "elsewhere", key)
+
+
+def test_callback_serves_the_cache_or_logs_why_not(built, caplog):
+    module, root, data = built
+    dm = _datamodule(data, augment=[{"name": "HorizontalFlip", "p": 0.5}])
+    trainer = L.Trainer(
+        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        callbacks=[EmbeddingCacheCallback(root)], num_sanity_val_steps=0, limit_val_batches=1,
+        enable_model_summary=False,
+    )  # fmt: skip
+    seen = []
+    module.on_train_batch_start = lambda batch, i: seen.append("embeddings" in batch)
+    trainer.fit(module, datamodule=dm)
+    assert seen == [True]
+    assert all(ds.embeddings is not None for ds in dm.datasets.values())
+
+    affine = _datamodule(data, augment=[{"name": "Affine", "scale": [0.9, 1.1]}])
+    affine.setup("fit")
+    trainer.datamodule = affine
+    with caplog.at_level(logging.WARNING, logger="samft.cache"):
+        EmbeddingCacheCallback(root).setup(trainer, module, "fit")
+    assert "not used: data.train_augment has Affine" in caplog.text
+    assert all(ds.embeddings is None for ds in affine.datasets.values())
+
+
+def test_cache_command_composes_the_train_config(ct_copy, tmp_path):
+    overrides = [
+        "model=tiny",
+        "finetune=decoder",
+        f"data.train.annotations={ct_copy}/annotations.json",
+        f"data.train.images={ct_copy}",
+        f"data.val.annotations={ct_copy}/annotations.json",
+        f"data.val.images={ct_copy}",
+        "data.num_workers=0",
+        "data.train_augment=[{name: VerticalFlip, p: 0.5}]",
+        f"cache.dir={tmp_path}/c",
+        "cache.device=cpu",
+    ]
+    with initialize_config_module("samft.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "output_dir=."])
+        counts = cache_embeddings(cfg)
+        assert counts["computed"] == counts["entries"] > 0
+        entries = json.loads((tmp_path / "c" / "manifest.json").read_text())["entries"]
+        assert {name.rsplit("#", 1)[1] for name in entries} == {"none", "v"}
+        assert cache_embeddings(cfg)["computed"] == 0
+        cfg = compose("train", overrides=[*overrides, "output_dir=.", "finetune=lora"])
+        with pytest.raises(CacheError, match="finetune.image_encoder = lora"):
+            cache_embeddings(cfg)
