@@ -1,0 +1,362 @@
+"""Training throughput and peak memory: a naive loop on Meta's modules against samft.
+
+Three ways to train the mask decoder (and prompt encoder) with the image encoder frozen,
+on the same batches of real images, objects and prompts:
+
+    naive   Meta's `segment_anything` modules in a plain PyTorch loop: the encoder runs on
+            every step, the decoder is called once per prompt, the loss is taken on masks
+            upscaled to the input size (1024 px for the official models)
+    samft   `SamFineTuner.training_step`: encoder every step, all prompts of the batch in
+            batched decoder calls (shared first block per image)
+    cached  the same step, the embeddings read from the cache (`samft cache`), fp16
+
+With `--decoder`, only the prompt encoder + mask decoder forward+backward per prompt, on
+random embeddings of the variant's size: Meta's decoder called once per prompt, Meta's
+decoder called once on all prompts of an image (it repeats the embedding per prompt), and
+samft's batched decoder over all prompts of all images in one call.
+
+It also times the data loader alone (samples/s, `num_workers=0`) to compare with what the
+model consumes. With `--memory`, two more rows: a naive full fine-tune (official modules,
+encoder trained) and samft's LoRA with activation checkpointing.
+
+Each row runs in its own child process. "peak MiB" is the memory added during the steps on
+top of the built model: on CUDA the allocator's peak, on CPU the peak resident set (Linux
+VmHWM, reset before the steps; coarser, but comparable between rows).
+
+    python scripts/bench_train.py --variant tiny --objects 1 8 --steps 5
+    python scripts/bench_train.py --variant vit_b --objects 1 8 --steps 2 --device cuda
+    python scripts/bench_train.py --variant vit_b --image-size 512 --objects 1 --memory
+    python scripts/bench_train.py --variant vit_b --decoder --objects 1 8 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import re
+import sys
+import time
+import types
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from samft.data.datamodule import SamDataModule
+from samft.data.prompts import PromptSampler
+from samft.model.registry import build_official
+from samft.train.losses import SamLoss
+from samft.train.module import SamFineTuner
+
+ROWS = ("naive", "samft", "cached")
+MEMORY_ROWS = ("naive_full", "samft_lora_ckpt")
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini"
+
+
+def _official() -> Any:
+    """`segment_anything`; its import of torchvision is satisfied by empty stand-ins when the
+    real package cannot load (the model code never calls it)."""
+    try:
+        import torchvision.transforms.functional  # noqa: F401
+    except Exception:
+        stubs = {
+            name: types.ModuleType(name)
+            for name in (
+                "torchvision",
+                "torchvision.transforms",
+                "torchvision.transforms.functional",
+                "torchvision.ops",
+                "torchvision.ops.boxes",
+            )
+        }
+        for attr in ("resize", "to_pil_image"):
+            setattr(stubs["torchvision.transforms.functional"], attr, None)
+        for attr in ("batched_nms", "box_area"):
+            setattr(stubs["torchvision.ops.boxes"], attr, None)
+        sys.modules.update(stubs)
+    import segment_anything
+
+    return segment_anything
+
+
+def _batches(args: argparse.Namespace, objects: int) -> tuple[list[dict], float]:
+    """`steps + 1` batches (the first is the warm-up), and the loader's samples/s."""
+    data = Path(args.data)
+    spec = {
+        "format": "coco",
+        "annotations": str(data / "annotations_train.json"),
+        "images": str(data / "images"),
+    }
+    dm = SamDataModule(
+        train=spec,
+        image_size=args.image_size,
+        batch_size=args.images,
+        num_workers=0,
+        max_objects_per_image=objects,
+        prompts=PromptSampler(point_prob=0.5, box_prob=0.5),
+        seed=args.seed,
+    )
+    torch.manual_seed(args.seed)
+    loader = iter(dm.train_dataloader())
+    start = time.perf_counter()
+    batches = [next(loader) for _ in range(args.steps + 1)]
+    seconds = time.perf_counter() - start
+    return batches, sum(len(b["images"]) for b in batches) / seconds
+
+
+def _module(args: argparse.Namespace, encoder: str, ckpt: bool = False) -> SamFineTuner:
+    torch.manual_seed(args.seed)
+    return SamFineTuner(
+        model={
+            "variant": args.variant,
+            "image_size": args.image_size,
+            "activation_checkpointing": ckpt,
+        },
+        finetune={"image_encoder": encoder},
+        optim={"lr": 1e-5, "warmup_steps": 0, "schedule": "constant"},
+    )
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {
+        k: [t.to(device) for t in v] if k == "images" else v.to(device) if hasattr(v, "to") else v
+        for k, v in batch.items()
+    }
+
+
+def _naive_step(ref, batch, loss_fn, size: int, train_encoder: bool) -> None:
+    """One step the plain way: encoder, then one decoder call and backward per prompt."""
+    x = torch.cat([ref.preprocess(img[None].float()) for img in batch["images"]])
+    with torch.set_grad_enabled(train_encoder):
+        embeddings = ref.image_encoder(x)
+    coords, labels = batch["point_coords"], batch["point_labels"]
+    rows = range(labels.shape[0])
+    for row in rows:
+        keep = labels[row] != -1
+        sparse, dense = ref.prompt_encoder(
+            points=(coords[row][keep][None], labels[row][keep][None]), boxes=None, masks=None
+        )
+        image = int(batch["object_image_index"][row])
+        low, iou = ref.mask_decoder(
+            embeddings[image : image + 1], ref.prompt_encoder.get_dense_pe(), sparse, dense, True
+        )
+        logits = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)
+        gt = batch["gt_masks"][row : row + 1]
+        out = loss_fn(logits, iou, gt, torch.ones_like(gt), float(len(rows)))
+        out.total.backward(retain_graph=train_encoder and row < len(rows) - 1)
+
+
+def _reset_peak(device: torch.device) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    return _status_kib("VmRSS") * 1024
+
+
+def _peak(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return _status_kib("VmHWM") * 1024
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _run_row(row: str, objects: int, args: argparse.Namespace, queue: Any) -> None:
+    """Child process: build the row's model, warm up on batch 0, time the other batches."""
+    warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    batches, loader_rate = _batches(args, objects)
+    encoder = {"naive_full": "full", "samft_lora_ckpt": "lora"}.get(row, "frozen")
+    module = _module(args, encoder, ckpt=row == "samft_lora_ckpt").to(device)
+    batches = [_to(b, device) for b in batches]
+    if row == "cached":
+        with torch.no_grad():
+            for b in batches:
+                b["embeddings"] = module.encode_images(b["images"]).half()
+    params = [p for p in module.parameters() if p.requires_grad]
+    if row.startswith("naive"):
+        ref = build_official(_official().modeling, args.variant, args.image_size).to(device)
+        ref.load_state_dict(module.model.state_dict())
+        ref.train()
+        ref.image_encoder.requires_grad_(row == "naive_full")
+        params = [p for p in ref.parameters() if p.requires_grad]
+        loss_fn = SamLoss()
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+
+    def step(batch: dict) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if row.startswith("naive"):
+            _naive_step(ref, batch, loss_fn, args.image_size, row == "naive_full")
+        else:
+            module.training_step(batch, 0).backward()
+        optimizer.step()
+
+    before = _reset_peak(device)
+    step(batches[0])
+    times = []
+    for batch in batches[1:]:
+        _sync(device)
+        start = time.perf_counter()
+        step(batch)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    queue.put(
+        {
+            "row": row,
+            "objects_per_image": objects,
+            "seconds": sum(times),
+            "prompts": sum(int(b["point_labels"].shape[0]) for b in batches[1:]),
+            "images": sum(len(b["images"]) for b in batches[1:]),
+            "peak_mib": (_peak(device) - before) / 2**20,
+            "loader_images_per_s": loader_rate,
+        }
+    )
+
+
+def _decoder_bench(args: argparse.Namespace) -> None:
+    """Per-prompt decoder forward+backward: official loop, official batched, samft batched."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    module = _module(args, "frozen")
+    ours = module.model
+    ref = build_official(_official().modeling, args.variant, args.image_size)
+    ref.load_state_dict(ours.state_dict())
+    ref.train(), ours.train()
+    pe = ours.prompt_encoder
+    h, w = pe.image_embedding_size
+    gen = torch.Generator().manual_seed(args.seed)
+    embeddings = torch.randn(args.images, pe.embed_dim, h, w, generator=gen)
+
+    def run(sam, prompts: int, mode: str) -> float:
+        coords = torch.rand(prompts * args.images, 2, 2, generator=gen) * args.image_size
+        labels = torch.tensor([[1, -1]]).expand(len(coords), 2)
+        index = torch.arange(args.images).repeat_interleave(prompts)
+        start = time.perf_counter()
+        if mode == "loop":
+            for i in range(len(coords)):
+                sparse, dense = sam.prompt_encoder(
+                    (coords[i : i + 1], labels[i : i + 1]), None, None
+                )
+                m, s = sam.mask_decoder(
+                    embeddings[index[i]][None], pe.get_dense_pe(), sparse, dense, True
+                )
+                (m.square().mean() + s.sum()).backward()
+        elif mode == "per_image":
+            for image in range(args.images):
+                rows = index == image
+                sparse, dense = sam.prompt_encoder((coords[rows], labels[rows]), None, None)
+                m, s = sam.mask_decoder(
+                    embeddings[image : image + 1], pe.get_dense_pe(), sparse, dense, True
+                )
+                (m.square().mean() + s.sum()).backward()
+        else:
+            sparse, dense = sam.prompt_encoder((coords, labels), None, None)
+            m, s = sam.mask_decoder(
+                embeddings, pe.get_dense_pe(), sparse, dense, True, image_index=index
+            )
+            (m.square().mean() + s.sum()).backward()
+        return (time.perf_counter() - start) / len(coords)
+
+    rows = [("official", ref, "loop"), ("official", ref, "per_image"), ("samft", ours, "batched")]
+    print(
+        f"decoder fwd+bwd per prompt, {args.variant} @ {args.image_size}px ({h}x{w} tokens), "
+        f"{args.images} images, torch threads {torch.get_num_threads()}; best of {args.steps}"
+    )
+    print(
+        f"{'K/image':>8}{'official loop':>15}{'official 1 call/img':>21}{'samft batched':>15}"
+        f"{'samft/official loop':>21}"
+    )
+    for prompts in args.objects:
+        times = {}
+        for _, sam, mode in rows:
+            run(sam, prompts, mode)  # warm-up
+            times[mode] = min(run(sam, prompts, mode) for _ in range(args.steps))
+        print(
+            f"{prompts:>8}{times['loop']:>15.4f}{times['per_image']:>21.4f}"
+            f"{times['batched']:>15.4f}{times['batched'] / times['loop']:>21.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="tiny", help="tiny, vit_b, vit_l or vit_h")
+    parser.add_argument("--image-size", type=int, default=None, help="default: the variant's")
+    parser.add_argument("--objects", type=int, nargs="+", default=[1, 8], help="K per image")
+    parser.add_argument("--images", type=int, default=2, help="images per step")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after 1 warm-up")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS + MEMORY_ROWS)
+    parser.add_argument("--memory", action="store_true", help="add the memory rows")
+    parser.add_argument("--decoder", action="store_true", help="decoder-only table instead")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="coco-mini style folder")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.image_size is None:
+        args.image_size = 256 if args.variant == "tiny" else 1024
+    if args.decoder:
+        _decoder_bench(args)
+        return
+    rows = list(args.rows) + (list(MEMORY_ROWS) if args.memory else [])
+
+    ctx = mp.get_context("spawn")
+    results = []
+    for objects in args.objects:
+        for row in rows:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_run_row, args=(row, objects, args, queue))
+            proc.start()
+            results.append(queue.get())
+            proc.join()
+            r = results[-1]
+            print(f"  done: {row} K={objects} in {r['seconds']:.1f} s", file=sys.stderr)
+
+    print(
+        f"{args.variant} @ {args.image_size}px, {args.images} images/step, device {args.device}, "
+        f"{args.steps} timed steps, torch threads {args.threads or torch.get_num_threads()}"
+    )
+    print(
+        f"{'row':<17}{'K':>3}{'prompts/s':>11}{'images/s':>10}{'x naive':>9}"
+        f"{'peak MiB':>10}{'loader img/s':>14}"
+    )
+    for r in results:
+        r["prompts_per_s"] = r["prompts"] / r["seconds"]
+        r["images_per_s"] = r["images"] / r["seconds"]
+    for r in results:
+        naive = next(
+            (
+                x
+                for x in results
+                if x["row"] == "naive" and x["objects_per_image"] == r["objects_per_image"]
+            ),
+            None,
+        )
+        ratio = r["prompts_per_s"] / naive["prompts_per_s"] if naive else float("nan")
+        print(
+            f"{r['row']:<17}{r['objects_per_image']:>3}{r['prompts_per_s']:>11.3f}"
+            f"{r['images_per_s']:>10.3f}{ratio:>9.1f}{r['peak_mib']:>10.0f}"
+            f"{r['loader_images_per_s']:>14.2f}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
