@@ -42,6 +42,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             _write_json(output_dir / "baseline_metrics.json", baseline[0])
             log.info("zero-shot baseline: val/miou=%.4f", baseline[0].get("val/miou", float("nan")))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    for callback in trainer.checkpoint_callbacks:
+        if callback.save_last and callback.dirpath:
+            # the periodic saves may stop short of the final step: make last.ckpt the end state
+            trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt")
+            break
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if trainer.is_global_zero:
         _write_json(output_dir / "final_metrics.json", metrics)

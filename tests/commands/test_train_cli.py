@@ -102,31 +102,32 @@ def test_resume_after_sigkill_continues_at_the_same_step(tmp_path):
         out,
         "trainer.max_epochs=12",
         "callbacks.last_checkpoint.every_n_train_steps=5",
+        "callbacks.best_checkpoint.save_last=false",  # last.ckpt only every 5 steps: mid-epoch
         "validate_before_training=false",
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("SAMFT_COMMAND", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "samft", "train", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "first_run.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "samft", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     last = out / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
+    deadline = time.time() + 120
     while time.time() < deadline and not last.exists():
         time.sleep(0.2)
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert last.exists(), "no last.ckpt before the kill"
+    assert last.exists(), "no last.ckpt before the kill:\n" + log.read_text()[-3000:]
     saved_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
     assert 0 < saved_step < 48, "killed too late to test a resume"
 
-    resumed = _run(
-        ["train", *args, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'run2'}"], tmp_path
-    )
+    resumed = _run([*args, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'run2'}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = _metrics(tmp_path / "run2")
     steps = [int(r["step"]) for r in rows if r.get("train/loss")]
