@@ -289,6 +289,27 @@ def load_weights_into(model: Sam, path: str | Path) -> Sam:
     return model
 
 
+def read_sam_state_dict(
+    path: str | Path, variant: str | None = None
+) -> tuple[dict[str, Tensor], str]:
+    """The SAM weights in `path` and their variant, for commands that take any checkpoint.
+
+    A file that holds no SAM, or another variant than `variant`, is a CheckpointError that
+    names the file and the kinds of checkpoint samft reads.
+    """
+    state_dict = read_state_dict(path)
+    try:
+        found = infer_variant(state_dict)
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"checkpoint={path}: {err}. Expected Meta's SAM .pth, a samft Lightning checkpoint "
+            "(.ckpt from `samft train`) or a samft export (.pth / .safetensors)"
+        ) from None
+    if variant is not None and variant != found:
+        raise CheckpointError(f"checkpoint={path} holds a '{found}' SAM, not variant={variant!r}")
+    return state_dict, found
+
+
 def load_sam(
     path: str | Path,
     variant: str | None = None,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from samft.checkpoint import CheckpointError, infer_image_size, infer_variant, read_state_dict
+from samft.checkpoint import infer_image_size, read_sam_state_dict
 from samft.data.collate import collate_samples
 from samft.data.dataset import SamDataset
 from samft.data.prompts import LABEL_PAD, PromptSampler, stable_seed
@@ -187,16 +187,7 @@ def describe_checkpoint(path: str | Path, variant: str | None = None) -> Checkpo
     `model.image_size`), otherwise the size its position embedding was saved for.
     """
     path = Path(path)
-    state_dict = read_state_dict(path)
-    try:
-        found = infer_variant(state_dict)
-    except CheckpointError as err:
-        raise CheckpointError(
-            f"checkpoint={path}: {err}. Expected Meta's SAM .pth, a samft Lightning "
-            "checkpoint (.ckpt) or a samft export (.pth / .safetensors)"
-        ) from None
-    if variant is not None and variant != found:
-        raise CheckpointError(f"checkpoint={path} holds a '{found}' SAM, not variant={variant!r}")
+    state_dict, found = read_sam_state_dict(path, variant)
     size = infer_image_size(state_dict)
     info = read_lightning_info(path)
     if info is None:

@@ -29,11 +29,9 @@ from torch import Tensor
 
 import samft
 from samft.checkpoint import (
-    CheckpointError,
     infer_image_size,
-    infer_variant,
     load_sam,
-    read_state_dict,
+    read_sam_state_dict,
     save_sam,
 )
 
@@ -221,18 +219,7 @@ def export_checkpoint(
     stem = output_stem(output)
     prepare_output_dir(stem.parent, f"output={output}")
 
-    state_dict = read_state_dict(checkpoint)
-    try:
-        found_variant = infer_variant(state_dict)
-    except CheckpointError as err:
-        raise CheckpointError(
-            f"checkpoint={checkpoint}: {err}. Expected a samft Lightning checkpoint "
-            "(.ckpt from `samft train`), an official SAM .pth or a samft export"
-        ) from None
-    if variant is not None and variant != found_variant:
-        raise CheckpointError(
-            f"checkpoint={checkpoint} holds a '{found_variant}' SAM, not variant={variant!r}"
-        )
+    state_dict, found_variant = read_sam_state_dict(checkpoint, variant)
     image_size = infer_image_size(state_dict)
     info = read_lightning_info(checkpoint)
 

@@ -257,7 +257,9 @@ def test_checkpoint_of_the_wrong_kind_is_a_clear_error(tmp_path):
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
     trainer.strategy.connect(Other())
     trainer.save_checkpoint(path)
-    with pytest.raises(CheckpointError, match=r"other\.ckpt.*Expected a samft Lightning"):
+    with pytest.raises(
+        CheckpointError, match=r"other\.ckpt.*Expected Meta.s SAM .pth, a samft Lightning"
+    ):
         export_checkpoint(path, tmp_path / "out")
     assert not (tmp_path / "out.pth").exists()
 
