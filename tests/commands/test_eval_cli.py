@@ -4,7 +4,6 @@ or from the training run, and clear errors."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -14,14 +13,6 @@ from test_export import make_tuner, save_lightning_checkpoint
 from samft.__main__ import main
 from samft.checkpoint import save_sam
 from samft.model.registry import build_sam
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Run in tmp_path (Hydra writes outputs/ there); undo what the dispatcher changes."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SAMFT_COMMAND", raising=False)
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
 
 
 @pytest.fixture(scope="module")

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 from test_export import official_tiny, save_lightning_checkpoint
 
 from samft.__main__ import main
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Run in tmp_path (Hydra writes outputs/ there); undo what the dispatcher changes."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SAMFT_COMMAND", raising=False)
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
 
 
 @pytest.fixture(scope="module")

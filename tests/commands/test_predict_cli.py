@@ -19,14 +19,6 @@ from samft.model.registry import build_sam
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Run in tmp_path (Hydra writes outputs/ there); undo what the dispatcher changes."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SAMFT_COMMAND", raising=False)
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     torch.manual_seed(0)
