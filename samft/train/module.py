@@ -270,6 +270,35 @@ class SamFineTuner(L.LightningModule):
         size = self.model.image_size
         return F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
 
+    @staticmethod
+    def batch_prompts(batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The first round's prompts: (coords, labels, mask_inputs, has_mask)."""
+        return (
+            batch["point_coords"],
+            batch["point_labels"],
+            batch["mask_inputs"],
+            batch["has_mask_input"],
+        )
+
+    def next_prompts(
+        self,
+        prompts: tuple[Tensor, Tensor, Tensor, Tensor],
+        best_low_res: Tensor,
+        pred: Tensor | None,
+        gt: Tensor,
+        valid: Tensor,
+        click_mode: str = "random",
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The prompts of the next round: the chosen low-res mask (P x s x s) fed back as
+        the mask prompt and, given the thresholded prediction, one correction click from
+        its error region appended. `prompts` is (coords, labels, mask_inputs, has_mask)."""
+        coords, labels, _, has_mask = prompts
+        if pred is not None:
+            new_coords, new_labels = sample_correction_points(pred, gt, valid, mode=click_mode)
+            coords = torch.cat([coords, new_coords.to(coords.dtype)], dim=1)
+            labels = torch.cat([labels, new_labels.to(labels.dtype)], dim=1)
+        return coords, labels, best_low_res[:, None], torch.ones_like(has_mask)
+
     def valid_region(self, batch: dict[str, Tensor]) -> Tensor:
         """P x S x S, True inside each object's image (False on the padding)."""
         size = self.model.image_size
@@ -295,8 +324,7 @@ class SamFineTuner(L.LightningModule):
         gt = batch["gt_masks"]
         valid = self.valid_region(batch)
         num_objects = self.num_objects_per_rank(gt.shape[0])
-        coords, labels = batch["point_coords"], batch["point_labels"]
-        mask_inputs, has_mask = batch["mask_inputs"], batch["has_mask_input"]
+        prompts = self.batch_prompts(batch)
         rows = torch.arange(gt.shape[0], device=gt.device)
 
         num_rounds = 1 + cfg.correction_rounds + cfg.mask_only_rounds
@@ -307,10 +335,7 @@ class SamFineTuner(L.LightningModule):
             low_res, iou_pred, eligible = self.decode(
                 embeddings,
                 batch["object_image_index"],
-                coords,
-                labels,
-                mask_inputs,
-                has_mask,
+                *prompts,
                 multimask_output=cfg.multimask_output if round_index == 0 else False,
             )
             logits = self.upscale(low_res)
@@ -321,15 +346,12 @@ class SamFineTuner(L.LightningModule):
             if round_index == num_rounds - 1:
                 break
             best = out.best_index
-            mask_inputs = low_res[rows, best][:, None].detach()
-            has_mask = torch.ones_like(has_mask)
+            pred = None
             if round_index < cfg.correction_rounds:
                 pred = logits[rows, best].detach() > self.model.mask_threshold
-                new_coords, new_labels = sample_correction_points(
-                    pred, gt, valid, mode=cfg.click_mode
-                )
-                coords = torch.cat([coords, new_coords.to(coords.dtype)], dim=1)
-                labels = torch.cat([labels, new_labels.to(labels.dtype)], dim=1)
+            prompts = self.next_prompts(
+                prompts, low_res[rows, best].detach(), pred, gt, valid, cfg.click_mode
+            )
 
         batch_size = len(batch["images"])
         for key, value in totals.items():
@@ -353,8 +375,7 @@ class SamFineTuner(L.LightningModule):
         gt = batch["gt_masks"]
         valid = self.valid_region(batch)
         rows = torch.arange(gt.shape[0], device=gt.device)
-        coords, labels = batch["point_coords"], batch["point_labels"]
-        mask_inputs, has_mask = batch["mask_inputs"], batch["has_mask_input"]
+        prompts = self.batch_prompts(batch)
         update = {
             "gt_masks": gt,
             "valid": valid,
@@ -366,10 +387,7 @@ class SamFineTuner(L.LightningModule):
             low_res, iou_pred, eligible = self.decode(
                 embeddings,
                 batch["object_image_index"],
-                coords,
-                labels,
-                mask_inputs,
-                has_mask,
+                *prompts,
                 multimask_output=cfg.multimask_output if click == 0 else False,
             )
             logits = self.upscale(low_res)
@@ -383,11 +401,7 @@ class SamFineTuner(L.LightningModule):
                     f"{stage}/loss", loss.total, batch_size=len(batch["images"]), sync_dist=True
                 )
                 if batch_idx == 0:
-                    self.overlay_batch = {
-                        "batch": batch,
-                        "pred_masks": pred.cpu(),
-                        "scores": iou_pred[rows, best].cpu(),
-                    }
+                    self.overlay_batch = {"batch": batch, "pred_masks": pred.cpu()}
             if click == 0 or click in cfg.val_clicks:
                 metrics.update(
                     pred_masks=pred,
@@ -397,11 +411,7 @@ class SamFineTuner(L.LightningModule):
                 )
             if click == max_clicks:
                 break
-            new_coords, new_labels = sample_correction_points(pred, gt, valid, mode="center")
-            coords = torch.cat([coords, new_coords.to(coords.dtype)], dim=1)
-            labels = torch.cat([labels, new_labels.to(labels.dtype)], dim=1)
-            mask_inputs = low_res[rows, best][:, None]
-            has_mask = torch.ones_like(has_mask)
+            prompts = self.next_prompts(prompts, low_res[rows, best], pred, gt, valid, "center")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")
