@@ -7,7 +7,7 @@ batches then go through `SamFineTuner`'s own test step (`trainer.test`): the fir
 prompt, then simulated centre correction clicks, scored by
 `PromptedSegmentationMetrics`. No decoder loop or pre/post-processing lives here.
 
-Any checkpoint `samft.checkpoint` reads works: Meta's `.pth`, a samft Lightning
+Any checkpoint `samft.weights` reads works: Meta's `.pth`, a samft Lightning
 checkpoint (LoRA folded in), or an export. With two checkpoints the report holds A, B and
 B - A for every metric.
 """
@@ -26,13 +26,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from samft.checkpoint import infer_image_size, read_sam_state_dict
 from samft.data.collate import collate_samples
 from samft.data.dataset import SamDataset
 from samft.data.prompts import LABEL_PAD, PromptSampler, stable_seed
 from samft.data.readers import build_reader
-from samft.export import checkpoint_kind, read_lightning_info
 from samft.train.module import SamFineTuner
+from samft.weights.lightning import checkpoint_kind, read_lightning_info
+from samft.weights.load import read_sam_state_dict
+from samft.weights.shapes import infer_image_size
 
 log = logging.getLogger(__name__)
 

@@ -22,39 +22,19 @@ import re
 import statistics
 import sys
 import time
-import types
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from samft.model.registry import build_official, build_sam
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference import build_official, import_segment_anything  # noqa: E402
+
+from samft.model.registry import build_sam
 
 CONFIGS = [("official", False), ("official", True), ("samft", False), ("samft", True)]
-
-
-def _import_official() -> Any:
-    """`segment_anything`, with empty torchvision modules if the real one cannot load."""
-    try:
-        import torchvision.transforms.functional  # noqa: F401
-    except Exception:
-        names = [
-            "torchvision",
-            "torchvision.transforms",
-            "torchvision.transforms.functional",
-            "torchvision.ops",
-            "torchvision.ops.boxes",
-        ]
-        stubs = {name: types.ModuleType(name) for name in names}
-        stubs["torchvision.transforms.functional"].resize = None
-        stubs["torchvision.transforms.functional"].to_pil_image = None
-        stubs["torchvision.ops.boxes"].batched_nms = None
-        stubs["torchvision.ops.boxes"].box_area = None
-        sys.modules.update(stubs)
-    import segment_anything
-
-    return segment_anything
 
 
 class _CheckpointedBlock(nn.Module):
@@ -77,7 +57,7 @@ def _encoder(impl: str, use_ckpt: bool, args: argparse.Namespace) -> nn.Module:
             tensor.add_(torch.randn(tensor.shape, generator=gen) * 0.02)
     encoder: nn.Module = sam.image_encoder
     if impl == "official":
-        official = _import_official()
+        official = import_segment_anything()
         ref = build_official(official.modeling, args.variant, args.image_size).image_encoder
         ref.load_state_dict(encoder.state_dict())
         if use_ckpt:

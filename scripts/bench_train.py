@@ -37,7 +37,6 @@ import multiprocessing as mp
 import re
 import sys
 import time
-import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -45,41 +44,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference import build_official, import_segment_anything  # noqa: E402
+
 from samft.data.datamodule import SamDataModule
 from samft.data.prompts import PromptSampler
-from samft.model.registry import build_official
 from samft.train.losses import SamLoss
 from samft.train.module import SamFineTuner
 
 ROWS = ("naive", "samft", "cached")
 MEMORY_ROWS = ("naive_full", "samft_lora_ckpt")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini"
-
-
-def _official() -> Any:
-    """`segment_anything`; its import of torchvision is satisfied by empty stand-ins when the
-    real package cannot load (the model code never calls it)."""
-    try:
-        import torchvision.transforms.functional  # noqa: F401
-    except Exception:
-        stubs = {
-            name: types.ModuleType(name)
-            for name in (
-                "torchvision",
-                "torchvision.transforms",
-                "torchvision.transforms.functional",
-                "torchvision.ops",
-                "torchvision.ops.boxes",
-            )
-        }
-        for attr in ("resize", "to_pil_image"):
-            setattr(stubs["torchvision.transforms.functional"], attr, None)
-        for attr in ("batched_nms", "box_area"):
-            setattr(stubs["torchvision.ops.boxes"], attr, None)
-        sys.modules.update(stubs)
-    import segment_anything
-
-    return segment_anything
 
 
 def _batches(args: argparse.Namespace, objects: int) -> tuple[list[dict], float]:
@@ -191,7 +166,9 @@ def _run_row(row: str, objects: int, args: argparse.Namespace, queue: Any) -> No
                 b["embeddings"] = module.encode_images(b["images"]).half()
     params = [p for p in module.parameters() if p.requires_grad]
     if row.startswith("naive"):
-        ref = build_official(_official().modeling, args.variant, args.image_size).to(device)
+        ref = build_official(import_segment_anything().modeling, args.variant, args.image_size).to(
+            device
+        )
         ref.load_state_dict(module.model.state_dict())
         ref.train()
         ref.image_encoder.requires_grad_(row == "naive_full")
@@ -235,7 +212,7 @@ def _decoder_bench(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     module = _module(args, "frozen")
     ours = module.model
-    ref = build_official(_official().modeling, args.variant, args.image_size)
+    ref = build_official(import_segment_anything().modeling, args.variant, args.image_size)
     ref.load_state_dict(ours.state_dict())
     ref.train(), ours.train()
     pe = ours.prompt_encoder

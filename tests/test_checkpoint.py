@@ -8,20 +8,13 @@ import pytest
 import safetensors.torch
 import torch
 import torch.nn.functional as F
+from reference import build_official
 from torch.utils.data import DataLoader, TensorDataset
 
-from samft.checkpoint import (
-    CheckpointError,
-    infer_image_size,
-    infer_variant,
-    load_sam,
-    load_weights_into,
-    read_state_dict,
-    resize_position_embeddings,
-    save_sam,
-)
 from samft.model.lora import apply_lora
-from samft.model.registry import build_official, build_sam
+from samft.model.registry import build_sam
+from samft.weights import CheckpointError, load_sam, read_state_dict, save_sam
+from samft.weights.shapes import infer_image_size, infer_variant, resize_position_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +205,7 @@ def test_missing_keys_are_listed(tiny, tmp_path):
         match=r"partial\.pth does not fit the model: missing keys \(1\): "
         r"mask_decoder\.iou_token\.weight; unexpected keys \(1\): mask_decoder\.extra",
     ):
-        load_weights_into(build_sam("tiny"), tmp_path / "partial.pth")
+        load_sam(tmp_path / "partial.pth", variant="tiny")
 
 
 # ------------------------------------------------------------------ bad files
@@ -323,6 +316,7 @@ def test_fine_tune_at_another_size(tiny, tmp_path):
         )
     assert out[0]["masks"].shape == (1, 3, 200, 150)
     assert out[0]["low_res_logits"].shape == (1, 3, 32, 32)
-    # build_sam with a checkpoint resizes to the variant default or the size asked for.
-    assert build_sam("tiny", checkpoint=save_sam(small, tmp_path / "small.pth")).image_size == 256
-    assert load_sam(tmp_path / "small.pth").image_size == 128  # load_sam keeps the saved size
+    # load_sam keeps the saved size, or resamples to the size asked for.
+    save_sam(small, tmp_path / "small.pth")
+    assert load_sam(tmp_path / "small.pth", image_size=256).image_size == 256
+    assert load_sam(tmp_path / "small.pth").image_size == 128

@@ -8,7 +8,6 @@ import pytest
 import torch
 from test_export import make_tuner, save_lightning_checkpoint
 
-from samft.checkpoint import CheckpointError, save_sam
 from samft.data.prompts import PROMPT_BOX, PROMPT_ONE_POINT, PROMPT_POINTS, tight_box
 from samft.evaluate import (
     DEFAULT_PROMPTS,
@@ -20,8 +19,9 @@ from samft.evaluate import (
     evaluate_checkpoint,
     format_table,
 )
+from samft.infer.predictor import SamPredictor
 from samft.model.registry import build_sam
-from samft.predictor import SamPredictor
+from samft.weights import CheckpointError, load_sam, save_sam
 
 CPU = {"accelerator": "cpu"}
 SIZES = ("small", "medium", "large")
@@ -82,7 +82,7 @@ def test_metrics_agree_with_the_predictor_on_the_same_prompts(weights, ct_spec, 
     """Per prompt type, mIoU and the IoU head's error equal a hand-run of the predictor
     (input frame, best of three masks by predicted IoU, each prompt in the official layout)."""
     summary = evaluate_checkpoint(weights[0], ct_spec, clicks=[], max_images=3, trainer_options=CPU)
-    predictor = SamPredictor(build_sam("tiny", checkpoint=weights[0]))
+    predictor = SamPredictor(load_sam(weights[0]))
     ious: dict[int, list[float]] = {PROMPT_ONE_POINT: [], PROMPT_POINTS: [], PROMPT_BOX: []}
     head_errors = []
     for index in range(3):

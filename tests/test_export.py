@@ -13,22 +13,21 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from reference import official_kwargs
 from torch import nn
 
-from samft.checkpoint import CheckpointError
 from samft.data.images import read_rgb
-from samft.export import (
-    OutputError,
+from samft.infer.predictor import SamPredictor
+from samft.io.files import OutputError, output_stem
+from samft.model.lora import LoRALinear
+from samft.train.module import SamFineTuner
+from samft.weights import CheckpointError
+from samft.weights.export import export_checkpoint
+from samft.weights.lightning import (
     checkpoint_kind,
-    export_checkpoint,
     final_validation_metrics,
-    output_stem,
     read_lightning_info,
 )
-from samft.model.lora import LoRALinear
-from samft.model.registry import official_kwargs
-from samft.predictor import SamPredictor
-from samft.train.module import SamFineTuner
 
 FINAL_METRICS = {"val/miou": 0.625, "val/dice": 0.75}
 

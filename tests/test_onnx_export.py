@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from samft.data.images import read_rgb
-from samft.export import export_checkpoint
+from samft.infer.predictor import SamPredictor
 from samft.model.registry import build_sam
-from samft.onnx_export import DECODER_INPUTS, export_onnx
-from samft.predictor import SamPredictor
+from samft.weights.export import export_checkpoint
+from samft.weights.onnx import DECODER_INPUTS, export_onnx
 
 ATOL = 1e-3
 
@@ -112,7 +112,7 @@ def test_encoder_matches_pytorch(sessions, predictor, image):
 
 def test_onnx_export_through_export_checkpoint_shares_the_sidecar(sam, tmp_path):
     """`format=onnx` after the official export to the same stem keeps one sidecar for all."""
-    from samft.checkpoint import save_sam
+    from samft.weights import save_sam
 
     source = save_sam(sam, tmp_path / "weights.pth")
     export_checkpoint(source, tmp_path / "out" / "model")

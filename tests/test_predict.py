@@ -13,19 +13,19 @@ import pytest
 import torch
 from PIL import Image
 
-from samft.checkpoint import CheckpointError, save_sam
 from samft.commands.predict import draw_overlay, list_images, predict
 from samft.data.images import read_rgb
-from samft.export import OutputError
-from samft.model.registry import build_sam
-from samft.predictor import SamPredictor
-from samft.prompts_file import (
+from samft.infer.predictor import SamPredictor
+from samft.infer.prompts_file import (
     ALL_IMAGES,
     PromptsFileError,
     PromptSpec,
     check_inside,
     read_prompts_file,
 )
+from samft.io.files import OutputError
+from samft.model.registry import build_sam
+from samft.weights import CheckpointError, load_sam, save_sam
 
 LIVER = "amos_0004_75.png"  # 512 x 512
 PROMPTS = {
@@ -140,7 +140,7 @@ def test_predict_writes_masks_scores_and_overlays(weights, images, tmp_path):
     assert [p["multimask_output"] for p in liver["prompts"]] == [True, False, False]
 
     # the PNGs are exactly the predictor's best mask for each prompt
-    predictor = SamPredictor(build_sam("tiny", checkpoint=weights))
+    predictor = SamPredictor(load_sam(weights))
     image = read_rgb(images / LIVER)
     predictor.set_image(image)
     for spec, entry in zip(PROMPTS[LIVER], liver["prompts"], strict=True):

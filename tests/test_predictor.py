@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference import build_official
 
-from samft.model.registry import build_official, build_sam
-from samft.predictor import SamPredictor
+from samft.infer.predictor import SamPredictor
+from samft.model.registry import build_sam
 
 ATOL = 1e-4
 

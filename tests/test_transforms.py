@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from samft.transforms import ResizeLongestSide
+from samft.model.transforms import ResizeLongestSide
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from samft.evaluate import build_report, evaluate_checkpoint, format_table
-from samft.export import prepare_output_dir, read_lightning_info, write_json_atomic
+from samft.io.files import prepare_output_dir, write_json_atomic
+from samft.weights.lightning import read_lightning_info
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`python -m samft export checkpoint=RUN.ckpt output=FILE [format=...]`.
 
 format: official (.pth and .safetensors, the default), pth, safetensors or onnx. The work
-is `samft.export.export_checkpoint`; this file only reads the config.
+is `samft.weights.export.export_checkpoint`; this file only reads the config.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from samft.export import export_checkpoint
+from samft.weights.export import export_checkpoint
 
 log = logging.getLogger(__name__)
 

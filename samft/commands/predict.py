@@ -1,6 +1,6 @@
 """`python -m samft predict checkpoint=PATH input=IMAGE_OR_FOLDER prompts=FILE output=DIR`.
 
-For every image with prompts (see `samft.prompts_file` for the file format) it writes
+For every image with prompts (see `samft.infer.prompts_file` for the file format) it writes
 
     DIR/<image>/<prompt name>.png   the mask of each prompt, 0 / 255, original size
     DIR/<image>/overlay.png         the image with every mask, point and box drawn on it
@@ -8,7 +8,7 @@ For every image with prompts (see `samft.prompts_file` for the file format) it w
                                     score of the kept mask and of every candidate, area
 
 where <image> is the image's path under `input` without its extension. Inference is
-`samft.predictor.SamPredictor` (the official predictor's API and processing).
+`samft.infer.predictor.SamPredictor` (the official predictor's API and processing).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from samft.checkpoint import load_sam
 from samft.data.images import read_rgb
-from samft.export import prepare_output_dir, write_json_atomic
-from samft.predictor import SamPredictor
-from samft.prompts_file import PromptsFileError, PromptSpec, check_inside, read_prompts_file
+from samft.infer.predictor import SamPredictor
+from samft.infer.prompts_file import PromptsFileError, PromptSpec, check_inside, read_prompts_file
+from samft.io.files import prepare_output_dir, write_json_atomic
+from samft.weights import load_sam
 
 log = logging.getLogger(__name__)
 

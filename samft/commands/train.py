@@ -11,7 +11,6 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from samft.checkpoint import save_sam
 from samft.commands.common import (
     build_callbacks,
     build_datamodule,
@@ -19,6 +18,7 @@ from samft.commands.common import (
     build_module,
     prepare_dataset,
 )
+from samft.weights import save_sam
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-
-def input_shape(height: int, width: int, image_size: int) -> tuple[int, int]:
-    """(h, w) after scaling the longest side of H x W to `image_size` (official rounding)."""
-    scale = image_size * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+from samft.model.transforms import input_shape
 
 
 def resize_image(image: np.ndarray, image_size: int) -> np.ndarray:

@@ -3,7 +3,7 @@
 from samft.model.image_encoder import ImageEncoderViT
 from samft.model.mask_decoder import MaskDecoder
 from samft.model.prompt_encoder import PromptEncoder
-from samft.model.registry import VARIANTS, SamHyperParams, build_sam, official_kwargs
+from samft.model.registry import VARIANTS, SamHyperParams, build_sam
 from samft.model.sam import Sam
 from samft.model.transformer import TwoWayTransformer
 
@@ -16,5 +16,4 @@ __all__ = [
     "SamHyperParams",
     "TwoWayTransformer",
     "build_sam",
-    "official_kwargs",
 ]

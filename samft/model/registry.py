@@ -7,11 +7,6 @@ enough to train from scratch on a CPU in tests and in the demo.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
-from typing import Any
-
-from torch import nn
 
 from samft.model.image_encoder import ImageEncoderViT
 from samft.model.mask_decoder import MaskDecoder
@@ -82,15 +77,13 @@ def _check_image_size(variant: str, image_size: int, patch_size: int) -> None:
 
 def build_sam(
     variant: str,
-    checkpoint: str | Path | None = None,
     image_size: int | None = None,
     activation_checkpointing: bool = False,
 ) -> Sam:
-    """Build a SAM of `variant` in eval mode, randomly initialised or from `checkpoint`.
+    """Build a randomly initialised SAM of `variant`, in eval mode.
 
-    `image_size` None means the variant's default (1024 for vit_*, 256 for tiny). A
-    checkpoint trained at another size has its position embeddings resampled to it.
-    To keep a checkpoint's own size, use `samft.checkpoint.load_sam`.
+    `image_size` None means the variant's default (1024 for vit_*, 256 for tiny). This
+    only builds; `samft.weights.load_sam` builds and loads a checkpoint.
     """
     hp = get_hyper_params(variant)
     size = hp.image_size if image_size is None else int(image_size)
@@ -130,75 +123,4 @@ def build_sam(
     )
     sam = Sam(image_encoder, prompt_encoder, mask_decoder, PIXEL_MEAN, PIXEL_STD)
     sam.eval()
-    if checkpoint is not None:
-        from samft.checkpoint import load_weights_into  # checkpoint imports this module
-
-        load_weights_into(sam, checkpoint)
     return sam
-
-
-def official_kwargs(variant: str, image_size: int | None = None) -> dict[str, dict[str, Any]]:
-    """Constructor arguments for the official `segment_anything.modeling` classes.
-
-    Lets tests and benchmarks build the same architecture with Meta's code:
-    `ImageEncoderViT(**kw["image_encoder"])`, `PromptEncoder(**kw["prompt_encoder"])`,
-    `MaskDecoder(transformer=TwoWayTransformer(**kw["transformer"]), **kw["mask_decoder"])`
-    and `Sam(..., **kw["sam"])`.
-    """
-    hp = get_hyper_params(variant)
-    size = hp.image_size if image_size is None else int(image_size)
-    _check_image_size(variant, size, hp.patch_size)
-    grid = size // hp.patch_size
-    return {
-        "image_encoder": {
-            "img_size": size,
-            "patch_size": hp.patch_size,
-            "embed_dim": hp.encoder_embed_dim,
-            "depth": hp.encoder_depth,
-            "num_heads": hp.encoder_num_heads,
-            "mlp_ratio": hp.mlp_ratio,
-            "out_chans": hp.prompt_embed_dim,
-            "qkv_bias": True,
-            "norm_layer": partial(nn.LayerNorm, eps=1e-6),
-            "use_rel_pos": True,
-            "window_size": hp.window_size,
-            "global_attn_indexes": list(hp.encoder_global_attn_indexes),
-        },
-        "prompt_encoder": {
-            "embed_dim": hp.prompt_embed_dim,
-            "image_embedding_size": (grid, grid),
-            "input_image_size": (size, size),
-            "mask_in_chans": hp.mask_in_chans,
-        },
-        "transformer": {
-            "depth": hp.decoder_depth,
-            "embedding_dim": hp.prompt_embed_dim,
-            "mlp_dim": hp.decoder_mlp_dim,
-            "num_heads": hp.decoder_num_heads,
-        },
-        "mask_decoder": {
-            "num_multimask_outputs": hp.num_multimask_outputs,
-            "transformer_dim": hp.prompt_embed_dim,
-            "iou_head_depth": hp.iou_head_depth,
-            "iou_head_hidden_dim": hp.iou_head_hidden_dim,
-        },
-        "sam": {"pixel_mean": list(PIXEL_MEAN), "pixel_std": list(PIXEL_STD)},
-    }
-
-
-def build_official(modeling: Any, variant: str, image_size: int | None = None) -> nn.Module:
-    """The same architecture built with Meta's classes, in eval mode, for parity checks.
-
-    `modeling` is the `segment_anything.modeling` module, passed in so that samft itself
-    never imports the reference package (a development dependency only).
-    """
-    kw = official_kwargs(variant, image_size)
-    sam = modeling.Sam(
-        image_encoder=modeling.ImageEncoderViT(**kw["image_encoder"]),
-        prompt_encoder=modeling.PromptEncoder(**kw["prompt_encoder"]),
-        mask_decoder=modeling.MaskDecoder(
-            transformer=modeling.TwoWayTransformer(**kw["transformer"]), **kw["mask_decoder"]
-        ),
-        **kw["sam"],
-    )
-    return sam.eval()

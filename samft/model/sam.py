@@ -1,7 +1,7 @@
 """`Sam`: the three parts together, plus the pixel pre- and post-processing around them.
 
 Frames: the *original* image (H x W) is resized so its long side is S (the *input* frame,
-h x w, see `samft.transforms.ResizeLongestSide`), then `preprocess` pads it bottom-right
+h x w, see `samft.model.transforms.ResizeLongestSide`), then `preprocess` pads it bottom-right
 to the S x S square the encoder sees. Low-res logits come back as S/4 x S/4 and
 `postprocess_masks` undoes both steps.
 """

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from samft.checkpoint import load_sam
 from samft.model.lora import apply_lora
 from samft.model.registry import build_sam
 from samft.model.sam import Sam
@@ -26,6 +25,7 @@ from samft.train.losses import SamLoss
 from samft.train.metrics import PromptedSegmentationMetrics
 from samft.train.optim import OptimConfig, build_optimizer
 from samft.train.prompt_groups import group_prompts
+from samft.weights import load_sam
 
 ENCODER_MODES = ("frozen", "lora", "full")
 

@@ -11,8 +11,8 @@ import yaml
 from test_export import make_tuner, save_lightning_checkpoint
 
 from samft.__main__ import main
-from samft.checkpoint import save_sam
 from samft.model.registry import build_sam
+from samft.weights import save_sam
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from samft.__main__ import main
-from samft.checkpoint import save_sam
 from samft.model.registry import build_sam
+from samft.weights import save_sam
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from reference import build_official
 from torch import nn
 
-from samft.model.registry import build_official, build_sam
+from samft.model.registry import build_sam
 from samft.model.sam import Sam
 
 # The vit_b architecture at a small input: 16 x 16 tokens, so windows of 14 need padding.

@@ -5,8 +5,9 @@ import time
 
 import pytest
 import torch
+from reference import build_official, official_kwargs
 
-from samft.model.registry import VARIANTS, build_sam, official_kwargs
+from samft.model.registry import VARIANTS, build_sam
 
 
 def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
@@ -23,8 +24,6 @@ def test_official_variants_have_official_keys_and_shapes(official, variant):
 
 
 def test_tiny_builds_with_official_classes_too(official):
-    from samft.model.registry import build_official
-
     with torch.device("meta"):
         ours = build_sam("tiny")
         ref = build_official(official.modeling, "tiny")

@@ -20,7 +20,7 @@ demo's setting) M = 1: the best of the three multimask outputs for a single clic
 predictor would choose.
 
 The encoder model takes `image 1 x 3 x h x w` float32 RGB in [0, 255], already resized
-so its long side is S (`samft.transforms.ResizeLongestSide`), with dynamic h and w, and
+so its long side is S (`samft.model.transforms.ResizeLongestSide`), with dynamic h and w, and
 normalises and pads it itself (`Sam.preprocess`).
 
 Both wrappers call the parts of samft's `Sam`; nothing of the pre- or post-processing

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from samft.model.sam import Sam
-from samft.transforms import ResizeLongestSide
+from samft.model.transforms import ResizeLongestSide
 
 
 class SamPredictor:

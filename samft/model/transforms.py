@@ -1,6 +1,6 @@
 """Resize images so their long side is the model's input size, and move prompts with them.
 
-This is the one copy of the resize used everywhere (data pipeline, predictor, export):
+`input_shape` is the one resize rule used everywhere (data pipeline, predictor, export):
 the original image frame (H x W) maps to the input frame (h x w, long side S) by a
 per-axis scale, and coordinates scale the same way. The uint8 path resizes through
 PIL's bilinear filter exactly as the official `ResizeLongestSide` does, so embeddings
@@ -18,6 +18,13 @@ from PIL import Image
 from torch import Tensor
 
 
+def input_shape(height: int, width: int, image_size: int) -> tuple[int, int]:
+    """(h, w) after scaling the long side of H x W to `image_size`; each side is rounded
+    half up, as the official transform does."""
+    scale = image_size * 1.0 / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
 class ResizeLongestSide:
     """Resize to long side `target_length`; coordinates are (x, y) pixels."""
 
@@ -26,12 +33,8 @@ class ResizeLongestSide:
 
     @staticmethod
     def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
-        """`(h, w)` after scaling `(oldh, oldw)` so the long side is `long_side_length`.
-
-        Each side is rounded half up, as the official transform does.
-        """
-        scale = long_side_length * 1.0 / max(oldh, oldw)
-        return int(oldh * scale + 0.5), int(oldw * scale + 0.5)
+        """`(h, w)` after scaling `(oldh, oldw)` so the long side is `long_side_length`."""
+        return input_shape(oldh, oldw, long_side_length)
 
     def _scale(self, original_size: Sequence[int]) -> tuple[float, float]:
         """(x scale, y scale) from the original frame to the input frame."""

@@ -1,0 +1,1 @@
+"""Inference: the predictor, prompted prediction over files, automatic masks."""

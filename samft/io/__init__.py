@@ -1,0 +1,1 @@
+"""Writing outputs safely: folders checked before long work, files replaced atomically."""

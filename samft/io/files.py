@@ -1,0 +1,77 @@
+"""Output folders and files: checked before long work, written atomically, hashed.
+
+Every command that writes (export, eval, predict, segment) goes through these, so an
+unwritable folder fails before the model loads and a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+KNOWN_SUFFIXES = (".pth", ".pt", ".safetensors", ".onnx", ".json")
+
+
+class OutputError(ValueError):
+    """An output path that cannot be written."""
+
+
+def prepare_output_dir(path: str | Path, what: str) -> Path:
+    """Create folder `path` if needed and prove it is writable, before any long work.
+
+    `what` names the setting in the error, e.g. "output=exports/model".
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise OutputError(
+            f"{what}: cannot write to folder {path} ({reason}); expected a folder that "
+            "exists or can be created, and is writable"
+        ) from None
+    return path
+
+
+def output_stem(output: str | Path) -> Path:
+    """`exports/model.pth` -> `exports/model`: the output without a known extension."""
+    output = Path(output)
+    return output.with_suffix("") if output.suffix in KNOWN_SUFFIXES else output
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    """Write `data` as indented JSON via a temporary file and `os.replace`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

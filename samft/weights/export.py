@@ -1,0 +1,148 @@
+"""Export a trained checkpoint in the official layout, with a JSON sidecar that says what it is.
+
+A samft Lightning checkpoint holds the Sam (keys `model.image_encoder...`), unmerged LoRA
+adapters, optimizer and loop state. The export keeps only the network, with LoRA folded
+into the base weights (`samft.weights.read_state_dict` does both), and writes it as
+`.pth` (a bare state dict, as Meta ships SAM) and/or `.safetensors`. Either file loads
+strictly in `segment_anything.sam_model_registry[variant]` (for vit_b/l/h at 1024 px) or
+in `samft.weights.load_sam`.
+
+The sidecar `<stem>.json` records the variant, the input size, samft's version, the
+training config (the Lightning checkpoint's hyper-parameters), the final validation
+metrics and the sha256 of the source, so an exported file can be traced to its run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import samft
+from samft.io.files import output_stem, prepare_output_dir, sha256_file, write_json_atomic
+from samft.weights.lightning import SIDECAR_FORMAT, final_validation_metrics, read_lightning_info
+from samft.weights.load import load_sam, read_sam_state_dict
+from samft.weights.save import save_sam
+from samft.weights.shapes import infer_image_size
+
+WEIGHT_FORMATS = {"pth": ".pth", "safetensors": ".safetensors"}
+FORMATS = ("official", "pth", "safetensors", "onnx")
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    output: str | Path,
+    format: str = "official",
+    variant: str | None = None,
+    return_single_mask: bool = True,
+) -> dict[str, Path]:
+    """Export `checkpoint` to `output` (extension optional) plus the sidecar `<stem>.json`.
+
+    format: "official" writes `<stem>.pth` and `<stem>.safetensors`; "pth" or
+    "safetensors" one of them; "onnx" `<stem>.encoder.onnx` and `<stem>.decoder.onnx`
+    (see `samft.weights.onnx`). variant: checked against the file when given.
+    Returns the written paths by name ("pth", "safetensors", "encoder", "decoder",
+    "sidecar").
+    """
+    if format not in FORMATS:
+        raise ValueError(f"export format={format!r}; expected one of {list(FORMATS)}")
+    checkpoint = Path(checkpoint)
+    stem = output_stem(output)
+    prepare_output_dir(stem.parent, f"output={output}")
+
+    state_dict, found_variant = read_sam_state_dict(checkpoint, variant)
+    image_size = infer_image_size(state_dict)
+    info = read_lightning_info(checkpoint)
+
+    written: dict[str, Path] = {}
+    if format == "onnx":
+        from samft.weights.onnx import export_onnx  # torch.onnx is slow to import
+
+        sam = load_sam(checkpoint, variant=found_variant, image_size=image_size)
+        written.update(export_onnx(sam, stem, return_single_mask=return_single_mask))
+    else:
+        names = WEIGHT_FORMATS if format == "official" else {format: WEIGHT_FORMATS[format]}
+        for name, suffix in names.items():
+            written[name] = save_sam(state_dict, stem.with_name(stem.name + suffix))
+            _default_permissions(written[name])
+
+    sidecar = build_sidecar(checkpoint, found_variant, image_size, info, written)
+    if format == "onnx":
+        sidecar["onnx"] = {
+            "opset": 17,
+            "return_single_mask": return_single_mask,
+            "encoder_input": "image 1x3xhxw float32 RGB 0..255, long side = image_size",
+            "decoder_inputs": [
+                "image_embeddings",
+                "point_coords",
+                "point_labels",
+                "mask_input",
+                "has_mask_input",
+                "orig_im_size",
+            ],
+        }
+    sidecar_path = stem.with_name(stem.name + ".json")
+    written["sidecar"] = write_json_atomic(sidecar_path, _merge_sidecar(sidecar_path, sidecar))
+    return written
+
+
+def _merge_sidecar(path: Path, new: dict[str, Any]) -> dict[str, Any]:
+    """Keep the files (and ONNX notes) of an earlier export of the same source at `path`,
+    so exporting `official` and then `onnx` to one stem leaves one sidecar for all."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return new
+    if not isinstance(old, dict) or old.get("format") != SIDECAR_FORMAT:
+        return new
+    if old.get("source", {}).get("sha256") != new["source"]["sha256"]:
+        return new
+    merged = {**old, **new, "files": {**old.get("files", {}), **new["files"]}}
+    return merged
+
+
+def build_sidecar(
+    checkpoint: Path,
+    variant: str,
+    image_size: int,
+    info: Mapping[str, Any] | None,
+    files: Mapping[str, Path],
+) -> dict[str, Any]:
+    """The JSON record written beside an export."""
+    metrics, metrics_source = final_validation_metrics(checkpoint, info)
+    return {
+        "format": SIDECAR_FORMAT,
+        "variant": variant,
+        "image_size": image_size,
+        "samft_version": samft.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {
+            "path": str(checkpoint.resolve()),
+            "sha256": sha256_file(checkpoint),
+            "kind": "lightning" if info is not None else "weights",
+            "epoch": info.get("epoch") if info else None,
+            "global_step": info.get("global_step") if info else None,
+        },
+        "training_config": dict(info["hyper_parameters"]) if info else None,
+        "validation_metrics": metrics,
+        "validation_metrics_source": metrics_source,
+        "files": {name: _file_entry(path) for name, path in files.items()},
+    }
+
+
+def _default_permissions(path: Path) -> None:
+    """Give a written file the permissions of any new file (0666 minus the umask).
+
+    safetensors writes its files owner-only (0600), which surprises whoever the export is
+    shared with on a multi-user machine.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"path": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}

@@ -1,0 +1,65 @@
+"""Write SAM weights in the official layout (`.pth` / `.safetensors`), LoRA merged."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+
+from samft.model.lora import has_lora_keys, merge_lora_state_dict
+from samft.weights.read import SAM_PARTS, CheckpointError, _strip_prefixes
+
+
+def save_sam(model_or_state_dict: nn.Module | Mapping[str, Tensor], path: str | Path) -> Path:
+    """Write SAM weights in the official layout: `.pth`/`.pt` (a bare state dict, as Meta
+    ships them) or `.safetensors`, chosen by extension. Written to a temporary file and
+    moved into place, so a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    if path.suffix not in (".safetensors", ".pth", ".pt"):
+        raise CheckpointError(
+            f"cannot save checkpoint {path}: unknown extension '{path.suffix}'; "
+            "use .pth, .pt or .safetensors"
+        )
+    if isinstance(model_or_state_dict, nn.Module):
+        state_dict = model_or_state_dict.state_dict()
+    else:
+        state_dict = dict(model_or_state_dict)
+    state_dict = _strip_prefixes(state_dict, path, drop_others=True)
+    if not state_dict:
+        raise CheckpointError(
+            f"cannot save checkpoint {path}: no SAM weights (keys starting with "
+            f"{', '.join(SAM_PARTS)}) in what was given"
+        )
+    if has_lora_keys(state_dict):
+        state_dict = merge_lora_state_dict(state_dict)
+    tensors = _independent_tensors(state_dict)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if path.suffix == ".safetensors":
+            safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"})
+        else:
+            torch.save(tensors, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _independent_tensors(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Detached, contiguous CPU tensors, none sharing memory (safetensors requires it)."""
+    out: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for key, value in state_dict.items():
+        tensor = value.detach().cpu().contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        out[key] = tensor
+    return out
