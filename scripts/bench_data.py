@@ -93,8 +93,8 @@ def measure(args: argparse.Namespace, workers: int) -> dict:
         except StopIteration:  # next epoch (workers persist)
             batches = iter(loader)
             continue
-        images += len(batch["images"])
-        objects += len(batch["prompt_types"])
+        images += len(batch.images)
+        objects += len(batch.prompt_types)
         done += 1
     seconds = time.perf_counter() - start
     del batches, loader

@@ -45,8 +45,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from lightning.fabric.utilities.apply_func import apply_to_collection  # noqa: E402
 from reference import build_official, import_segment_anything  # noqa: E402
 
+from samft.data.batch import SamBatch
 from samft.data.datamodule import SamDataModule
 from samft.data.prompts import PromptSampler
 from samft.train.losses import SamLoss
@@ -57,7 +59,7 @@ MEMORY_ROWS = ("naive_full", "samft_lora_ckpt")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini"
 
 
-def _batches(args: argparse.Namespace, objects: int) -> tuple[list[dict], float]:
+def _batches(args: argparse.Namespace, objects: int) -> tuple[list[SamBatch], float]:
     """`steps + 1` batches (the first is the warm-up), and the loader's samples/s."""
     data = Path(args.data)
     spec = {
@@ -79,7 +81,7 @@ def _batches(args: argparse.Namespace, objects: int) -> tuple[list[dict], float]
     start = time.perf_counter()
     batches = [next(loader) for _ in range(args.steps + 1)]
     seconds = time.perf_counter() - start
-    return batches, sum(len(b["images"]) for b in batches) / seconds
+    return batches, sum(len(b.images) for b in batches) / seconds
 
 
 def _module(args: argparse.Namespace, encoder: str, ckpt: bool = False) -> SamFineTuner:
@@ -95,31 +97,28 @@ def _module(args: argparse.Namespace, encoder: str, ckpt: bool = False) -> SamFi
     )
 
 
-def _to(batch: dict, device: torch.device) -> dict:
-    return {
-        k: [t.to(device) for t in v] if k == "images" else v.to(device) if hasattr(v, "to") else v
-        for k, v in batch.items()
-    }
+def _to(batch: SamBatch, device: torch.device) -> SamBatch:
+    return apply_to_collection(batch, torch.Tensor, lambda t: t.to(device))
 
 
 def _naive_step(ref, batch, loss_fn, size: int, train_encoder: bool) -> None:
     """One step the plain way: encoder, then one decoder call and backward per prompt."""
-    x = torch.cat([ref.preprocess(img[None].float()) for img in batch["images"]])
+    x = torch.cat([ref.preprocess(img[None].float()) for img in batch.images])
     with torch.set_grad_enabled(train_encoder):
         embeddings = ref.image_encoder(x)
-    coords, labels = batch["point_coords"], batch["point_labels"]
+    coords, labels = batch.prompts.coords, batch.prompts.labels
     rows = range(labels.shape[0])
     for row in rows:
         keep = labels[row] != -1
         sparse, dense = ref.prompt_encoder(
             points=(coords[row][keep][None], labels[row][keep][None]), boxes=None, masks=None
         )
-        image = int(batch["object_image_index"][row])
+        image = int(batch.object_image_index[row])
         low, iou = ref.mask_decoder(
             embeddings[image : image + 1], ref.prompt_encoder.get_dense_pe(), sparse, dense, True
         )
         logits = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)
-        gt = batch["gt_masks"][row : row + 1]
+        gt = batch.gt_masks[row : row + 1]
         out = loss_fn(logits, iou, gt, torch.ones_like(gt), float(len(rows)))
         out.total.backward(retain_graph=train_encoder and row < len(rows) - 1)
 
@@ -163,7 +162,7 @@ def _run_row(row: str, objects: int, args: argparse.Namespace, queue: Any) -> No
     if row == "cached":
         with torch.no_grad():
             for b in batches:
-                b["embeddings"] = module.encode_images(b["images"]).half()
+                b.embeddings = module.encode_images(b.images).half()
     params = [p for p in module.parameters() if p.requires_grad]
     if row.startswith("naive"):
         ref = build_official(import_segment_anything().modeling, args.variant, args.image_size).to(
@@ -176,7 +175,7 @@ def _run_row(row: str, objects: int, args: argparse.Namespace, queue: Any) -> No
         loss_fn = SamLoss()
     optimizer = torch.optim.AdamW(params, lr=1e-5)
 
-    def step(batch: dict) -> None:
+    def step(batch: SamBatch) -> None:
         optimizer.zero_grad(set_to_none=True)
         if row.startswith("naive"):
             _naive_step(ref, batch, loss_fn, args.image_size, row == "naive_full")
@@ -198,8 +197,8 @@ def _run_row(row: str, objects: int, args: argparse.Namespace, queue: Any) -> No
             "row": row,
             "objects_per_image": objects,
             "seconds": sum(times),
-            "prompts": sum(int(b["point_labels"].shape[0]) for b in batches[1:]),
-            "images": sum(len(b["images"]) for b in batches[1:]),
+            "prompts": sum(int(b.prompts.labels.shape[0]) for b in batches[1:]),
+            "images": sum(len(b.images) for b in batches[1:]),
             "peak_mib": (_peak(device) - before) / 2**20,
             "loader_images_per_s": loader_rate,
         }

@@ -3,6 +3,7 @@ the pixels a sample shows, training reads it, and a stale or partial cache is re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -14,21 +15,23 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
-from samft.cache import (
+from samft.commands.cache import cache_embeddings
+from samft.commands.common import open_embedding_cache
+from samft.data.cache import (
     CacheError,
     CacheJob,
     EmbeddingCache,
-    EmbeddingCacheCallback,
     build_cache,
     cache_key,
     flip_probabilities,
     orientations_for,
     why_not_cached,
 )
-from samft.commands.cache import cache_embeddings
 from samft.data.collate import collate_samples
 from samft.data.datamodule import SamDataModule
+from samft.data.errors import DataError
 from samft.data.prompts import PromptSampler
 from samft.data.readers import build_reader
 from samft.train.module import SamFineTuner
@@ -71,7 +74,7 @@ def _jobs(root: Path, orientations=("none", "h")) -> list[CacheJob]:
     ]
 
 
-def _datamodule(root: Path, augment=None) -> SamDataModule:
+def _datamodule(root: Path, augment=None, embedding_cache=None) -> SamDataModule:
     return SamDataModule(
         train=_spec(root),
         val=_spec(root),
@@ -80,6 +83,7 @@ def _datamodule(root: Path, augment=None) -> SamDataModule:
         max_objects_per_image=3,
         train_augment=augment,
         prompts=PromptSampler(point_prob=0.5, box_prob=0.5),
+        embedding_cache=embedding_cache,
     )
 
 
@@ -118,10 +122,10 @@ def test_cached_embeddings_are_what_training_would_compute(built):
     torch.manual_seed(3)
     samples = [dataset[i % len(dataset)] for i in range(8)]
     batch = collate_samples(samples)
-    assert batch["embeddings"].dtype == torch.float16
+    assert batch.embeddings.dtype == torch.float16
     with torch.no_grad():
-        direct = module.encode_images(batch["images"])
-    torch.testing.assert_close(batch["embeddings"].float(), direct, atol=FP16_ATOL, rtol=0)
+        direct = module.encode_images(batch.images)
+    torch.testing.assert_close(batch.embeddings.float(), direct, atol=FP16_ATOL, rtol=0)
     # both orientations occurred, and a flipped embedding is not the unflipped one
     first = dataset.record(0).path
     plain, flipped = cache.get(first, "none"), cache.get(first, "h")
@@ -131,7 +135,7 @@ def test_cached_embeddings_are_what_training_would_compute(built):
     module.train()
     with torch.no_grad():
         cached_loss = module.training_step(batch, 0)
-        uncached = {k: v for k, v in batch.items() if k != "embeddings"}
+        uncached = dataclasses.replace(batch, embeddings=None)
         torch.manual_seed(0)
         plain_loss = module.training_step(uncached, 0)
     torch.testing.assert_close(cached_loss, plain_loss, atol=1e-3, rtol=1e-3)
@@ -184,27 +188,34 @@ def test_partial_or_damaged_cache_is_refused_and_a_rerun_completes_it(built):
         EmbeddingCache.open(root / "elsewhere", key)
 
 
-def test_callback_serves_the_cache_or_logs_why_not(built, caplog):
+def test_datamodule_serves_the_cache_and_training_reads_it(built):
     module, root, data = built
-    dm = _datamodule(data, augment=[{"name": "HorizontalFlip", "p": 0.5}])
+    cache = EmbeddingCache.open(root, cache_key(module.model))
+    dm = _datamodule(data, augment=[{"name": "HorizontalFlip", "p": 0.5}], embedding_cache=cache)
     trainer = L.Trainer(
         max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        callbacks=[EmbeddingCacheCallback(root)], num_sanity_val_steps=0, limit_val_batches=1,
-        enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=1, enable_model_summary=False,
     )  # fmt: skip
     seen = []
-    module.on_train_batch_start = lambda batch, i: seen.append("embeddings" in batch)
+    module.on_train_batch_start = lambda batch, i: seen.append(batch.embeddings is not None)
     trainer.fit(module, datamodule=dm)
     assert seen == [True]
     assert all(ds.embeddings is not None for ds in dm.datasets.values())
 
-    affine = _datamodule(data, augment=[{"name": "Affine", "scale": [0.9, 1.1]}])
-    affine.setup("fit")
-    trainer.datamodule = affine
-    with caplog.at_level(logging.WARNING, logger="samft.cache"):
-        EmbeddingCacheCallback(root).setup(trainer, module, "fit")
+
+def test_open_embedding_cache_logs_why_not_and_datamodule_refuses_other_augmentation(built, caplog):
+    module, root, data = built
+    cache = EmbeddingCache.open(root, cache_key(module.model))
+    with pytest.raises(DataError, match="cannot serve this training: data.train_augment has"):
+        _datamodule(data, augment=[{"name": "Affine", "scale": [0.9, 1.1]}], embedding_cache=cache)
+    cfg = OmegaConf.create(
+        {"cache": {"dir": str(root)}, "data": {"train_augment": [{"name": "Affine", "p": 1.0}]}}
+    )
+    with caplog.at_level(logging.WARNING, logger="samft.commands.common"):
+        assert open_embedding_cache(cfg, module) is None
     assert "not used: data.train_augment has Affine" in caplog.text
-    assert all(ds.embeddings is None for ds in affine.datasets.values())
+    cfg.data.train_augment = [{"name": "VerticalFlip", "p": 0.5}]
+    assert isinstance(open_embedding_cache(cfg, module), EmbeddingCache)
 
 
 def test_cache_command_composes_the_train_config(ct_copy, tmp_path):

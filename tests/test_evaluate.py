@@ -8,18 +8,21 @@ import pytest
 import torch
 from test_export import make_tuner, save_lightning_checkpoint
 
-from samft.data.prompts import PROMPT_BOX, PROMPT_ONE_POINT, PROMPT_POINTS, tight_box
-from samft.evaluate import (
+from samft.data.prompts import tight_box
+from samft.evaluate.prompted import (
     DEFAULT_PROMPTS,
-    CheckpointSummary,
     build_evaluation_dataset,
-    build_report,
     build_samplers,
-    describe_checkpoint,
     evaluate_checkpoint,
+)
+from samft.evaluate.report import (
+    CheckpointSummary,
+    build_report,
+    describe_checkpoint,
     format_table,
 )
 from samft.infer.predictor import SamPredictor
+from samft.model.prompts import PROMPT_BOX, PROMPT_ONE_POINT, PROMPT_POINTS
 from samft.model.registry import build_sam
 from samft.weights import CheckpointError, load_sam, save_sam
 

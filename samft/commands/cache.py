@@ -15,7 +15,8 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from samft.cache import (
+from samft.commands.common import build_datamodule, build_module, prepare_dataset
+from samft.data.cache import (
     CacheError,
     CacheJob,
     build_cache,
@@ -24,8 +25,7 @@ from samft.cache import (
     orientations_for,
     why_not_cached,
 )
-from samft.commands.common import build_datamodule, build_module, prepare_dataset
-from samft.model.sam import Sam
+from samft.model.batched import encode_images
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def cache_embeddings(cfg: DictConfig) -> dict[str, int]:
         cfg.cache.dir,
         cache_key(sam),
         jobs,
-        embed=lambda images: _embed(sam, images),
+        embed=lambda images: encode_images(sam, [img.to(sam.device) for img in images]),
         batch_size=int(cfg.cache.batch_size),
         shard_mb=float(cfg.cache.shard_mb),
     )
@@ -83,12 +83,6 @@ def _device(name: str) -> torch.device:
 
 def _loader(reader, record):
     return lambda: reader.load_image(record)
-
-
-def _embed(sam: Sam, images: list[torch.Tensor]) -> torch.Tensor:
-    """Uint8 images `3 x h x w` -> `B x C x h' x w'`, preprocessed as in training."""
-    x = torch.cat([sam.preprocess(img[None].to(sam.device).float()) for img in images])
-    return sam.image_encoder(x)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="train")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from samft.data.augment import build_augment
+from samft.data.cache import EmbeddingCache, cache_key, why_not_cached
 from samft.train.module import SamFineTuner
+
+log = logging.getLogger(__name__)
 
 
 def to_plain(cfg: Any) -> Any:
@@ -33,8 +38,27 @@ def build_module(cfg: DictConfig) -> SamFineTuner:
     )
 
 
-def build_datamodule(cfg: DictConfig):
-    return instantiate(cfg.data, prompts=instantiate(cfg.prompts), _convert_="all")
+def build_datamodule(cfg: DictConfig, embedding_cache: EmbeddingCache | None = None):
+    return instantiate(
+        cfg.data,
+        prompts=instantiate(cfg.prompts),
+        embedding_cache=embedding_cache,
+        _convert_="all",
+    )
+
+
+def open_embedding_cache(cfg: DictConfig, module: SamFineTuner) -> EmbeddingCache | None:
+    """The cache at `cache.dir` when training can read it (frozen encoder, flips-only
+    augmentation), else None with the reason logged. A stale or partial cache is an error."""
+    root = (cfg.get("cache") or {}).get("dir")
+    if not root:
+        return None
+    augment = build_augment(to_plain(cfg.data.get("train_augment")))
+    reason = why_not_cached(module.finetune_config.image_encoder, augment)
+    if reason:
+        log.warning("embedding cache %s not used: %s", root, reason)
+        return None
+    return EmbeddingCache.open(root, cache_key(module.model))
 
 
 def build_loggers(cfg: DictConfig) -> list:

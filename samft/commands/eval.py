@@ -15,7 +15,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from samft.evaluate import build_report, evaluate_checkpoint, format_table
+from samft.evaluate.prompted import evaluate_checkpoint
+from samft.evaluate.report import build_report, format_table
 from samft.io.files import prepare_output_dir, write_json_atomic
 from samft.weights.lightning import read_lightning_info
 

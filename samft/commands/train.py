@@ -16,6 +16,7 @@ from samft.commands.common import (
     build_datamodule,
     build_loggers,
     build_module,
+    open_embedding_cache,
     prepare_dataset,
 )
 from samft.weights import save_sam
@@ -27,8 +28,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model described by `cfg`; returns the final validation metrics."""
     L.seed_everything(cfg.seed, workers=True)
     prepare_dataset(cfg)
-    datamodule = build_datamodule(cfg)
     module = build_module(cfg)
+    datamodule = build_datamodule(cfg, open_embedding_cache(cfg, module))
     trainer: L.Trainer = instantiate(
         cfg.trainer, logger=build_loggers(cfg), callbacks=build_callbacks(cfg)
     )

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from samft.data.augment import AugmentSpec, build_augment
+from samft.data.cache import EmbeddingCache, flip_probabilities, orientations_for
 from samft.data.collate import collate_samples
 from samft.data.dataset import SamDataset
 from samft.data.errors import DataError
@@ -67,6 +68,10 @@ class SamDataModule(L.LightningDataModule):
         seed: base seed of the deterministic val/test samples.
         val_max_objects_per_image: K for val and test (default: `max_objects_per_image`).
         pin_memory: pin batches in page-locked memory (default: when CUDA is available).
+        embedding_cache: an open `EmbeddingCache` for the model being trained (frozen
+            encoder): every split then serves cached embeddings instead of images (training
+            with the flips of `train_augment`, which must be flips only). Each split is
+            checked against the cache when built: a missing or changed image is an error.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class SamDataModule(L.LightningDataModule):
         seed: int = 0,
         val_max_objects_per_image: int | None = None,
         pin_memory: bool | None = None,
+        embedding_cache: EmbeddingCache | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -113,7 +119,12 @@ class SamDataModule(L.LightningDataModule):
         )
         self.seed = int(seed)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.embedding_cache = embedding_cache
         self.datasets: dict[str, SamDataset] = {}
+        if embedding_cache is not None:
+            reason = flip_probabilities(self.augment)[1]
+            if reason:
+                raise DataError(f"data: the embedding cache cannot serve this training: {reason}")
 
     def build_dataset(self, split: str) -> SamDataset:
         """The dataset of one split ("train", "val" or "test"), built on first use."""
@@ -150,6 +161,12 @@ class SamDataModule(L.LightningDataModule):
             objects,
             dict(dataset.skipped) or "nothing",
         )
+        if self.embedding_cache is not None:
+            flips = flip_probabilities(self.augment)[0] if train else (0.0, 0.0)
+            paths = [dataset.record(i).path for i in range(len(dataset))]
+            self.embedding_cache.check_covers(paths, orientations_for(flips))
+            dataset.use_embeddings(self.embedding_cache, flips)
+            log.info("data.%s: image embeddings read from %s", split, self.embedding_cache.root)
         self.datasets[split] = dataset
         return dataset
 

@@ -27,9 +27,10 @@ from torch.utils.data import Dataset
 from samft.data.augment import apply_augment
 from samft.data.errors import DataError
 from samft.data.objects import SKIP_IMAGE, choose_objects, large_enough, usable_objects
-from samft.data.prompts import LABEL_PAD, PromptSampler, stable_seed
+from samft.data.prompts import PromptSampler, stable_seed
 from samft.data.readers.base import ImageRecord, Reader
 from samft.data.resize import resize_image, resize_masks
+from samft.model.prompts import pad_tokens
 
 # Runtime counters (per process): objects lost to augmentation and images whose every
 # augmentation attempt lost all objects, so the un-augmented image was used.
@@ -178,12 +179,7 @@ class SamDataset(Dataset):
         masks = resize_masks(masks, self.image_size)
 
         prompts = [self.prompts.sample(mask, rng) for mask in masks]
-        n, tokens = len(prompts), max(len(p.labels) for p in prompts)
-        coords = np.zeros((n, tokens, 2), dtype=np.float32)
-        labels = np.full((n, tokens), LABEL_PAD, dtype=np.int64)
-        for i, prompt in enumerate(prompts):
-            coords[i, : len(prompt.labels)] = prompt.coords
-            labels[i, : len(prompt.labels)] = prompt.labels
+        coords, labels = pad_tokens([p.coords for p in prompts], [p.labels for p in prompts])
         low = self.image_size // 4
         mask_inputs = [p.mask_input for p in prompts if p.mask_input is not None]
         sample = {
@@ -192,8 +188,8 @@ class SamDataset(Dataset):
             "input_size": torch.tensor(image.shape[:2], dtype=torch.long),
             "original_size": torch.tensor(original_size, dtype=torch.long),
             "masks": torch.from_numpy(masks),
-            "point_coords": torch.from_numpy(coords),
-            "point_labels": torch.from_numpy(labels),
+            "point_coords": coords,
+            "point_labels": labels,
             "prompt_types": torch.tensor([p.type for p in prompts], dtype=torch.long),
             "mask_inputs": torch.from_numpy(
                 np.stack(mask_inputs)[:, None]

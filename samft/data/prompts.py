@@ -16,18 +16,15 @@ import cv2
 import numpy as np
 
 from samft.data.errors import DataError
-
-# Prompt types, one per object (`prompt_types` in a batch).
-PROMPT_ONE_POINT = 0
-PROMPT_POINTS = 1
-PROMPT_BOX = 2
-
-# Point labels, as the official prompt encoder reads them.
-LABEL_PAD = -1
-LABEL_NEGATIVE = 0
-LABEL_POSITIVE = 1
-LABEL_BOX_TOP_LEFT = 2
-LABEL_BOX_BOTTOM_RIGHT = 3
+from samft.model.prompts import (
+    LABEL_BOX_BOTTOM_RIGHT,
+    LABEL_BOX_TOP_LEFT,
+    LABEL_NEGATIVE,
+    LABEL_POSITIVE,
+    PROMPT_BOX,
+    PROMPT_ONE_POINT,
+    PROMPT_POINTS,
+)
 
 POSITIVE_REGIONS = ("mask", "interior")
 NEGATIVE_REGIONS = ("outside", "margin")

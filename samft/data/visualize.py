@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from samft.data.dataset import SamDataset
-from samft.data.prompts import (
+from samft.model.prompts import (
     LABEL_BOX_BOTTOM_RIGHT,
     LABEL_BOX_TOP_LEFT,
     LABEL_NEGATIVE,
@@ -31,8 +31,16 @@ def _palette(n: int) -> np.ndarray:
     return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0].astype(np.int32)
 
 
-def draw_sample(sample: dict, tile: int = 320, alpha: float = 0.45) -> np.ndarray:
-    """One `SamDataset` sample drawn as a tile x tile x 3 uint8 RGB picture."""
+def draw_sample(
+    sample: dict,
+    tile: int = 320,
+    alpha: float = 0.45,
+    outline: int = 1,
+    caption: str | None = None,
+) -> np.ndarray:
+    """One `SamDataset` sample drawn as a tile x tile x 3 uint8 RGB picture: masks filled
+    with opacity `alpha` and outlined `outline` pixels wide, prompts on top, `caption`
+    (default: image id and object count) along the bottom."""
     image = sample["image"].permute(1, 2, 0).numpy()
     h, w = image.shape[:2]
     scale = tile / max(h, w)
@@ -48,7 +56,7 @@ def draw_sample(sample: dict, tile: int = 320, alpha: float = 0.45) -> np.ndarra
         outlines.append(contours)
     canvas = canvas.clip(0, 255).astype(np.uint8)
     for contours, colour in zip(outlines, colours, strict=True):
-        cv2.drawContours(canvas, contours, -1, tuple(int(c) for c in colour), 1)
+        cv2.drawContours(canvas, contours, -1, tuple(int(c) for c in colour), outline)
     coords = sample["point_coords"].numpy() * scale
     labels = sample["point_labels"].numpy()
     for obj in range(len(labels)):
@@ -65,7 +73,8 @@ def draw_sample(sample: dict, tile: int = 320, alpha: float = 0.45) -> np.ndarra
                 cv2.circle(canvas, (int(x), int(y)), 4, (255, 255, 255), 1)
     out = np.zeros((tile, tile, 3), dtype=np.uint8)
     out[:th, :tw] = canvas
-    caption = f"{sample['image_id']}  {len(masks)} obj"
+    if caption is None:
+        caption = f"{sample['image_id']}  {len(masks)} obj"
     cv2.putText(out, caption, (4, tile - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
     return out
 

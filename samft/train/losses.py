@@ -177,7 +177,7 @@ class SamLoss(nn.Module):
         gt_masks: Tensor,
         valid: Tensor | None = None,
         num_objects: float | Tensor | None = None,
-        eligible: Tensor | None = None,
+        answering: Tensor | None = None,
     ) -> LossOutput:
         """Compute the loss of P objects.
 
@@ -188,7 +188,7 @@ class SamLoss(nn.Module):
             valid: P x H x W bool, False on padding; None means no padding.
             num_objects: the divisor (objects summed over all ranks); None means P.
                 Clamped to at least 1 so an empty batch gives zero loss, not NaN.
-            eligible: P x M bool, the masks each object may be trained on (None: all). SAM
+            answering: P x M bool, the masks each object may be trained on (None: all). SAM
                 answers an ambiguous single point with its 3 multimask outputs and any other
                 prompt with its single-mask output; with all 4 outputs decoded at once, this
                 says which apply to each object. The best mask and the IoU MSE use only these.
@@ -204,18 +204,18 @@ class SamLoss(nn.Module):
         true_iou = mask_iou(mask_logits, gt_masks, valid)  # P x M, no gradient
 
         rows = torch.arange(mask_logits.shape[0], device=mask_logits.device)
-        if eligible is None:
-            eligible = torch.ones_like(iou_predictions, dtype=torch.bool)
+        if answering is None:
+            answering = torch.ones_like(iou_predictions, dtype=torch.bool)
         if num_masks > 1:
             combined = self.focal_weight * focal + self.dice_weight * dice
-            best = combined.detach().masked_fill(~eligible, float("inf")).argmin(dim=1)
+            best = combined.detach().masked_fill(~answering, float("inf")).argmin(dim=1)
         else:
             best = torch.zeros_like(rows)
 
         iou_error = (iou_predictions - true_iou.to(iou_predictions.dtype)) ** 2  # P x M
         # all masks: the head learns to rank them; best only: it learns the chosen one's score
         if self.supervise_all_iou:
-            weights = eligible.to(iou_error.dtype)
+            weights = answering.to(iou_error.dtype)
             iou_per_object = (iou_error * weights).sum(1) / weights.sum(1).clamp(min=1)
         else:
             iou_per_object = iou_error[rows, best]

@@ -10,7 +10,8 @@ import torch
 import torchmetrics
 from torch import Tensor
 
-PROMPT_TYPE_NAMES = {0: "one_point", 1: "points", 2: "box"}
+from samft.model.prompts import PROMPT_TYPE_NAMES
+
 # COCO's object size split, on the area in original-image pixels.
 SMALL_AREA = 32**2
 MEDIUM_AREA = 96**2

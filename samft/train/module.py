@@ -1,113 +1,38 @@
-"""The LightningModule that fine-tunes a full `Sam`.
+"""The LightningModule that fine-tunes a full `Sam`: the training and validation loops.
 
 One image-encoder pass per image, then every prompt of the batch goes through the prompt
-encoder and the mask decoder in one batched call (`image_index` maps prompts to images).
-Optional correction rounds follow the SAM paper: a click sampled from the error region of
-the best mask, with the previous low-res logits fed back as the mask prompt.
+encoder and the mask decoder in one batched call (`samft.model.batched`). Optional
+correction rounds follow the SAM paper: a click sampled from the error region of the best
+mask, with the previous low-res logits fed back as the mask prompt.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from samft.data.batch import SamBatch
+from samft.model import batched
 from samft.model.lora import apply_lora
+from samft.model.prompts import Prompts
 from samft.model.registry import build_sam
 from samft.model.sam import Sam
 from samft.train.clicks import sample_correction_points
+from samft.train.config import (
+    FinetuneConfig,
+    InteractiveConfig,
+    LossConfig,
+    ModelConfig,
+    as_config,
+)
 from samft.train.losses import SamLoss
 from samft.train.metrics import PromptedSegmentationMetrics
 from samft.train.optim import OptimConfig, build_optimizer
-from samft.train.prompt_groups import group_prompts
 from samft.weights import load_sam
-
-ENCODER_MODES = ("frozen", "lora", "full")
-
-
-@dataclass
-class ModelConfig:
-    """Which SAM to start from (Hydra group `model`)."""
-
-    variant: str = "vit_b"
-    checkpoint: str | None = None
-    image_size: int | None = None
-    activation_checkpointing: bool = False
-    compile: bool | str = False  # torch.compile encoder and decoder; a string names the backend
-
-
-@dataclass
-class FinetuneConfig:
-    """What is trained (Hydra group `finetune`): encoder frozen, LoRA-adapted or full."""
-
-    image_encoder: str = "frozen"
-    prompt_encoder: bool = True
-    mask_decoder: bool = True
-    lora_rank: int = 8
-    lora_alpha: float = 8.0
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: ["qkv"])
-
-    def __post_init__(self) -> None:
-        if self.image_encoder not in ENCODER_MODES:
-            raise ValueError(
-                f"finetune.image_encoder must be one of {ENCODER_MODES}, got '{self.image_encoder}'"
-            )
-
-
-@dataclass
-class InteractiveConfig:
-    """How prompts are iterated in training and validation (Hydra group `interactive`).
-
-    `multimask_output` for the first prompt: `auto` answers a single positive point (the
-    ambiguous prompt) with the three multimask outputs and any other prompt with the
-    single-mask output, as the SAM paper trains and as users call the predictor; `true` or
-    `false` force one kind. Later rounds always use the single-mask output.
-
-    `correction_rounds` add one click each from the error region of the best mask;
-    `mask_only_rounds` then feed back the previous mask with no new point (the paper uses
-    8 and 2). `loss_rounds` says which rounds' losses are trained: `all`, `first` or `last`.
-    Validation simulates `max(val_clicks)` centre clicks and reports each listed count.
-    """
-
-    multimask_output: bool | str = "auto"
-    correction_rounds: int = 0
-    mask_only_rounds: int = 0
-    click_mode: str = "random"
-    loss_rounds: str = "all"
-    val_clicks: list[int] = field(default_factory=lambda: [1, 3, 5])
-
-    def __post_init__(self) -> None:
-        if self.loss_rounds not in ("all", "first", "last"):
-            raise ValueError(
-                f"interactive.loss_rounds must be all, first or last, got '{self.loss_rounds}'"
-            )
-        if self.multimask_output not in (True, False, "auto"):
-            raise ValueError(
-                "interactive.multimask_output must be true, false or auto, "
-                f"got '{self.multimask_output}'"
-            )
-        if self.correction_rounds < 0 or self.mask_only_rounds < 0:
-            raise ValueError("interactive rounds must be >= 0")
-
-
-def _as_config(cls: type, value: Any, group: str) -> Any:
-    """Build a config dataclass from a dict, naming the group on unknown keys."""
-    if isinstance(value, cls):
-        return value
-    value = dict(value or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {unknown} in config group '{group}'; known keys: {sorted(known)}"
-        )
-    return cls(**value)
 
 
 class SamFineTuner(L.LightningModule):
@@ -122,47 +47,42 @@ class SamFineTuner(L.LightningModule):
         model: dict | ModelConfig | None = None,
         finetune: dict | FinetuneConfig | None = None,
         interactive: dict | InteractiveConfig | None = None,
-        loss: dict | None = None,
+        loss: dict | LossConfig | None = None,
         optim: dict | OptimConfig | None = None,
     ) -> None:
         super().__init__()
-        self.model_config = _as_config(ModelConfig, model, "model")
-        self.finetune_config = _as_config(FinetuneConfig, finetune, "finetune")
-        self.interactive_config = _as_config(InteractiveConfig, interactive, "interactive")
-        self.optim_config = _as_config(OptimConfig, optim, "optim")
+        self.model_config = as_config(ModelConfig, model, "model")
+        self.finetune_config = as_config(FinetuneConfig, finetune, "finetune")
+        self.interactive_config = as_config(InteractiveConfig, interactive, "interactive")
+        self.loss_config = as_config(LossConfig, loss, "loss")
+        self.optim_config = as_config(OptimConfig, optim, "optim")
         self.save_hyperparameters(
             {
                 "model": dataclasses.asdict(self.model_config),
                 "finetune": dataclasses.asdict(self.finetune_config),
                 "interactive": dataclasses.asdict(self.interactive_config),
-                "loss": dict(loss or {}),
+                "loss": dataclasses.asdict(self.loss_config),
                 "optim": dataclasses.asdict(self.optim_config),
             }
         )
         self.model: Sam = self._build_model().train()
         self._set_trainable()
-        self.loss_fn = SamLoss(**(loss or {}))
+        self.loss_fn = SamLoss(**dataclasses.asdict(self.loss_config))
         self.val_metrics = PromptedSegmentationMetrics(
             max_click_round=max(self.interactive_config.val_clicks, default=0)
         )
-        self.overlay_batch: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- set-up
     def _build_model(self) -> Sam:
         cfg = self.model_config
+        kwargs = {
+            "image_size": cfg.image_size,
+            "activation_checkpointing": cfg.activation_checkpointing,
+        }
         if cfg.checkpoint:
-            sam = load_sam(
-                cfg.checkpoint,
-                variant=cfg.variant,
-                image_size=cfg.image_size,
-                activation_checkpointing=cfg.activation_checkpointing,
-            )
+            sam = load_sam(cfg.checkpoint, variant=cfg.variant, **kwargs)
         else:
-            sam = build_sam(
-                cfg.variant,
-                image_size=cfg.image_size,
-                activation_checkpointing=cfg.activation_checkpointing,
-            )
+            sam = build_sam(cfg.variant, **kwargs)
         if self.finetune_config.image_encoder == "lora":
             ft = self.finetune_config
             apply_lora(
@@ -192,117 +112,42 @@ class SamFineTuner(L.LightningModule):
 
     # ------------------------------------------------------------- forward parts
     def encode_images(self, images: list[Tensor]) -> Tensor:
-        """B images (3 x h x w, uint8, resized) -> B x C x h' x w' embeddings.
+        """B images (3 x h x w, uint8, input frame) -> B x C x h' x w' embeddings; a frozen
+        encoder runs without autograd so it builds no graph."""
+        with torch.set_grad_enabled(self.encoder_is_trained and torch.is_grad_enabled()):
+            return batched.encode_images(self.model, images)
 
-        Normalisation and padding happen here, in `Sam.preprocess`, exactly as at
-        inference. A frozen encoder runs without autograd so it builds no graph.
-        """
-        x = torch.cat([self.model.preprocess(img[None].float()) for img in images])
-        if self.encoder_is_trained:
-            return self.model.image_encoder(x)
-        with torch.no_grad():
-            return self.model.image_encoder(x)
-
-    def batch_embeddings(self, batch: dict[str, Any]) -> Tensor:
-        """B x C x h' x w': the batch's cached embeddings (`samft.cache`) when it carries
-        them, else the encoder's output for its images."""
-        cached = batch.get("embeddings")
-        if cached is not None:
-            return cached.to(self.model.pixel_mean.dtype)
-        return self.encode_images(batch["images"])
-
-    def dense_embeddings(self, mask_inputs: Tensor, has_mask_input: Tensor) -> Tensor:
-        """P x C x h' x w': the mask prompt's embedding where given, `no_mask_embed` elsewhere."""
-        pe = self.model.prompt_encoder
-        h, w = pe.image_embedding_size
-        num = has_mask_input.shape[0]
-        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(num, -1, h, w)
-        if has_mask_input.any():
-            dense = dense.clone()
-            dense[has_mask_input] = pe.mask_downscaling(mask_inputs[has_mask_input])
-        return dense
-
-    def decode(
-        self,
-        embeddings: Tensor,
-        image_index: Tensor,
-        point_coords: Tensor,
-        point_labels: Tensor,
-        mask_inputs: Tensor,
-        has_mask_input: Tensor,
-        multimask_output: bool | str,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """All P prompts, batched -> every output mask, low-res logits P x 4 x s x s, their
-        IoU predictions P x 4, and which outputs answer each prompt (P x 4 bool).
-
-        Rows are grouped by token layout (`group_prompts`) so each prompt is embedded exactly
-        as the official predictor embeds it; each group is one decoder call over all images.
-        """
-        pe = self.model.prompt_encoder
-        dense = self.dense_embeddings(mask_inputs, has_mask_input)
-        image_pe = pe.get_dense_pe()
-        low_res = iou_pred = None
-        for group in group_prompts(point_coords, point_labels):
-            sparse, _ = pe(points=group.points, boxes=group.boxes, masks=None)
-            masks, scores = self.model.mask_decoder.predict_masks(
-                embeddings, image_pe, sparse, dense[group.index], image_index[group.index]
-            )
-            if low_res is None:
-                low_res = masks.new_empty((point_labels.shape[0], *masks.shape[1:]))
-                iou_pred = scores.new_empty((point_labels.shape[0], scores.shape[1]))
-            low_res = low_res.index_copy(0, group.index, masks)
-            iou_pred = iou_pred.index_copy(0, group.index, scores)
-        return low_res, iou_pred, self.answering_outputs(point_labels, multimask_output)
-
-    @staticmethod
-    def answering_outputs(point_labels: Tensor, multimask_output: bool | str) -> Tensor:
-        """P x 4 bool: output 0 (single mask) or outputs 1..3 (multimask) for each prompt."""
-        if multimask_output == "auto":
-            positives = (point_labels == 1).sum(dim=1)
-            others = ((point_labels != 1) & (point_labels != -1)).sum(dim=1)
-            ambiguous = (positives == 1) & (others == 0)
-        else:
-            ambiguous = torch.full_like(point_labels[:, 0], bool(multimask_output), dtype=bool)
-        return torch.cat([~ambiguous[:, None], ambiguous[:, None].expand(-1, 3)], dim=1)
-
-    def upscale(self, low_res: Tensor) -> Tensor:
-        """Low-res logits -> logits on the padded input square (first step of postprocess)."""
-        size = self.model.image_size
-        return F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
-
-    @staticmethod
-    def batch_prompts(batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The first round's prompts: (coords, labels, mask_inputs, has_mask)."""
-        return (
-            batch["point_coords"],
-            batch["point_labels"],
-            batch["mask_inputs"],
-            batch["has_mask_input"],
-        )
+    def batch_embeddings(self, batch: SamBatch) -> Tensor:
+        """B x C x h' x w': the batch's cached embeddings when it carries them, else the
+        encoder's output for its images."""
+        if batch.embeddings is not None:
+            return batch.embeddings.to(self.model.pixel_mean.dtype)
+        return self.encode_images(batch.images)
 
     def next_prompts(
         self,
-        prompts: tuple[Tensor, Tensor, Tensor, Tensor],
+        prompts: Prompts,
         best_low_res: Tensor,
         pred: Tensor | None,
         gt: Tensor,
         valid: Tensor,
         click_mode: str = "random",
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    ) -> Prompts:
         """The prompts of the next round: the chosen low-res mask (P x s x s) fed back as
         the mask prompt and, given the thresholded prediction, one correction click from
-        its error region appended. `prompts` is (coords, labels, mask_inputs, has_mask)."""
-        coords, labels, _, has_mask = prompts
+        its error region appended."""
+        coords, labels = prompts.coords, prompts.labels
         if pred is not None:
             new_coords, new_labels = sample_correction_points(pred, gt, valid, mode=click_mode)
             coords = torch.cat([coords, new_coords.to(coords.dtype)], dim=1)
             labels = torch.cat([labels, new_labels.to(labels.dtype)], dim=1)
-        return coords, labels, best_low_res[:, None], torch.ones_like(has_mask)
+        has_mask = torch.ones_like(prompts.has_mask_input)
+        return Prompts(coords, labels, best_low_res[:, None], has_mask)
 
-    def valid_region(self, batch: dict[str, Tensor]) -> Tensor:
+    def valid_region(self, batch: SamBatch) -> Tensor:
         """P x S x S, True inside each object's image (False on the padding)."""
         size = self.model.image_size
-        sizes = batch["input_sizes"][batch["object_image_index"]]  # P x 2 (h, w)
+        sizes = batch.input_sizes[batch.object_image_index]  # P x 2 (h, w)
         rows = torch.arange(size, device=sizes.device)
         inside_h = rows[None, :] < sizes[:, :1]
         inside_w = rows[None, :] < sizes[:, 1:]
@@ -318,13 +163,13 @@ class SamFineTuner(L.LightningModule):
         return max(float(total), 1.0)
 
     # ---------------------------------------------------------------- training
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: SamBatch, batch_idx: int) -> Tensor:
         cfg = self.interactive_config
         embeddings = self.batch_embeddings(batch)
-        gt = batch["gt_masks"]
+        gt = batch.gt_masks
         valid = self.valid_region(batch)
         num_objects = self.num_objects_per_rank(gt.shape[0])
-        prompts = self.batch_prompts(batch)
+        prompts = batch.prompts
         rows = torch.arange(gt.shape[0], device=gt.device)
 
         num_rounds = 1 + cfg.correction_rounds + cfg.mask_only_rounds
@@ -332,86 +177,94 @@ class SamFineTuner(L.LightningModule):
         counted = set(counted[cfg.loss_rounds])
         totals: dict[str, Tensor] = {}
         for round_index in range(num_rounds):
-            low_res, iou_pred, eligible = self.decode(
+            out = batched.decode(
+                self.model,
                 embeddings,
-                batch["object_image_index"],
-                *prompts,
+                batch.object_image_index,
+                prompts,
                 multimask_output=cfg.multimask_output if round_index == 0 else False,
             )
-            logits = self.upscale(low_res)
-            out = self.loss_fn(logits, iou_pred, gt, valid, num_objects, eligible=eligible)
+            logits = batched.upscale(self.model, out.low_res)
+            loss = self.loss_fn(
+                logits, out.iou_pred, gt, valid, num_objects, answering=out.answering
+            )
             if round_index in counted:
                 for key in ("total", "focal", "dice", "iou"):
-                    totals[key] = totals.get(key, 0.0) + getattr(out, key) / len(counted)
+                    totals[key] = totals.get(key, 0.0) + getattr(loss, key) / len(counted)
             if round_index == num_rounds - 1:
                 break
-            best = out.best_index
+            best = loss.best_index
             pred = None
             if round_index < cfg.correction_rounds:
                 pred = logits[rows, best].detach() > self.model.mask_threshold
             prompts = self.next_prompts(
-                prompts, low_res[rows, best].detach(), pred, gt, valid, cfg.click_mode
+                prompts, out.low_res[rows, best].detach(), pred, gt, valid, cfg.click_mode
             )
 
-        batch_size = len(batch["images"])
         for key, value in totals.items():
             name = "train/loss" if key == "total" else f"train/loss_{key}"
-            self.log(name, value, prog_bar=key == "total", batch_size=batch_size)
+            self.log(name, value, prog_bar=key == "total", batch_size=len(batch))
         return totals["total"]
 
     # -------------------------------------------------------------- validation
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate_batch(batch, batch_idx, self.val_metrics, "val")
+    def validation_step(self, batch: SamBatch, batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate_batch(batch, self.val_metrics, "val")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate_batch(batch, batch_idx, self.val_metrics, "test")
+    def test_step(self, batch: SamBatch, batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate_batch(batch, self.val_metrics, "test")
 
     @torch.no_grad()
-    def _evaluate_batch(self, batch, batch_idx, metrics, stage: str) -> None:
+    def _evaluate_batch(
+        self, batch: SamBatch, metrics: PromptedSegmentationMetrics, stage: str
+    ) -> dict[str, Tensor]:
         """First prompt, then simulated centre clicks; the mask kept at each step is the
-        one the IoU head scores highest, as at inference."""
+        one the IoU head scores highest, as at inference. Returns the first answer's
+        masks (`pred_masks` P x S x S bool) and their IoU with the ground truth (`iou` P),
+        which `PredictionPictures` draws."""
         cfg = self.interactive_config
         embeddings = self.batch_embeddings(batch)
-        gt = batch["gt_masks"]
+        gt = batch.gt_masks
         valid = self.valid_region(batch)
         rows = torch.arange(gt.shape[0], device=gt.device)
-        prompts = self.batch_prompts(batch)
+        prompts = batch.prompts
         update = {
             "gt_masks": gt,
             "valid": valid,
-            "prompt_types": batch["prompt_types"],
-            "object_areas": batch.get("object_areas"),
+            "prompt_types": batch.prompt_types,
+            "object_areas": batch.object_areas,
         }
+        first: dict[str, Tensor] = {}
         max_clicks = max(cfg.val_clicks, default=0)
         for click in range(max_clicks + 1):
-            low_res, iou_pred, eligible = self.decode(
+            out = batched.decode(
+                self.model,
                 embeddings,
-                batch["object_image_index"],
-                *prompts,
+                batch.object_image_index,
+                prompts,
                 multimask_output=cfg.multimask_output if click == 0 else False,
             )
-            logits = self.upscale(low_res)
-            best = iou_pred.masked_fill(~eligible, float("-inf")).argmax(dim=1)
+            logits = batched.upscale(self.model, out.low_res)
+            best = out.iou_pred.masked_fill(~out.answering, float("-inf")).argmax(dim=1)
             pred = logits[rows, best] > self.model.mask_threshold
             if click == 0:
                 loss = self.loss_fn(
-                    logits, iou_pred, gt, valid, float(gt.shape[0]), eligible=eligible
+                    logits, out.iou_pred, gt, valid, float(gt.shape[0]), answering=out.answering
                 )
-                self.log(
-                    f"{stage}/loss", loss.total, batch_size=len(batch["images"]), sync_dist=True
-                )
-                if batch_idx == 0:
-                    self.overlay_batch = {"batch": batch, "pred_masks": pred.cpu()}
+                self.log(f"{stage}/loss", loss.total, batch_size=len(batch), sync_dist=True)
+                inter = (pred & gt & valid).flatten(1).sum(1)
+                union = ((pred | gt) & valid).flatten(1).sum(1).clamp(min=1)
+                first = {"pred_masks": pred, "iou": inter / union}
             if click == 0 or click in cfg.val_clicks:
                 metrics.update(
                     pred_masks=pred,
-                    iou_predictions=iou_pred[rows, best],
+                    iou_predictions=out.iou_pred[rows, best],
                     click_round=click,
                     **update,
                 )
             if click == max_clicks:
                 break
-            prompts = self.next_prompts(prompts, low_res[rows, best], pred, gt, valid, "center")
+            prompts = self.next_prompts(prompts, out.low_res[rows, best], pred, gt, valid, "center")
+        return first
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")
@@ -425,7 +278,7 @@ class SamFineTuner(L.LightningModule):
         metrics.reset()
 
     # ------------------------------------------------------------- optimisation
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> dict[str, Any]:
         total = int(self.trainer.estimated_stepping_batches) if self.trainer else 0
         optimizer, scheduler = build_optimizer(
             list(self.model.named_parameters()), self.optim_config, total

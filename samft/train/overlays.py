@@ -1,9 +1,14 @@
 """A picture of predictions at every validation: image with ground truth | with prediction.
 
-The LightningModule keeps the first validation batch and its predicted masks in
-`overlay_batch`; this callback draws them with the data report's `draw_sample` (so the
-training pictures and `samft data` pictures look the same), writes a PNG into the run
-directory and hands it to every logger that takes images (W&B, TensorBoard).
+`SamFineTuner.validation_step` returns the first answer's masks and their IoU; this
+callback takes them for the first validation batch (`on_validation_batch_end`, so no batch
+is kept alive), draws them with the data report's `draw_sample` (training pictures and
+`samft data` pictures look the same), writes a PNG into the run directory and hands it to
+every logger that takes images (W&B, TensorBoard).
+
+Legend: left, the ground-truth masks and the prompts; right, the predicted masks (outlined,
+lightly filled, so they show on coloured images) with the step, the mean IoU of the
+pictured objects and each object's IoU in the caption.
 """
 
 from __future__ import annotations
@@ -14,33 +19,43 @@ from typing import Any
 import lightning as L
 import numpy as np
 from PIL import Image
+from torch import Tensor
 
+from samft.data.batch import SamBatch
 from samft.data.visualize import draw_sample
 
 
-def _image_samples(batch: dict[str, Any], pred_masks: Any, index: int) -> tuple[dict, dict]:
-    """The ground-truth and predicted views of image `index` as `draw_sample` inputs."""
-    objects = (batch["object_image_index"] == index).nonzero().flatten().cpu()
-    h, w = (int(v) for v in batch["input_sizes"][index])
+def _image_samples(batch: SamBatch, pred_masks: Tensor, index: int) -> tuple[dict, dict, Tensor]:
+    """The ground-truth and predicted views of image `index` as `draw_sample` inputs, and
+    the indices of its objects."""
+    objects = (batch.object_image_index == index).nonzero().flatten().cpu()
+    h, w = (int(v) for v in batch.input_sizes[index])
     common = {
-        "image": batch["images"][index].cpu(),
-        "point_coords": batch["point_coords"][objects].cpu(),
-        "point_labels": batch["point_labels"][objects].cpu(),
+        "image": batch.images[index].cpu(),
+        "point_coords": batch.prompts.coords[objects].cpu(),
+        "point_labels": batch.prompts.labels[objects].cpu(),
+        "image_id": str(batch.image_ids[index]),
     }
-    image_id = str(batch["image_ids"][index])
-    truth = {**common, "masks": batch["gt_masks"][objects, :h, :w].cpu(), "image_id": image_id}
-    pred = {**common, "masks": pred_masks[objects, :h, :w], "image_id": f"{image_id} pred"}
-    return truth, pred
+    truth = {**common, "masks": batch.gt_masks[objects, :h, :w].cpu()}
+    pred = {**common, "masks": pred_masks.cpu()[objects, :h, :w]}
+    return truth, pred, objects
 
 
-def render_predictions(overlay: dict[str, Any], num_images: int, tile: int = 320) -> np.ndarray:
+def render_predictions(
+    batch: SamBatch, outputs: dict[str, Tensor], num_images: int, step: int, tile: int = 320
+) -> np.ndarray:
     """One row per image: ground truth and prompts | prediction and prompts (H x W x 3)."""
-    batch = overlay["batch"]
     rows = []
-    for index in range(min(num_images, len(batch["images"]))):
-        truth, pred = _image_samples(batch, overlay["pred_masks"], index)
+    ious = outputs["iou"].float().cpu()
+    for index in range(min(num_images, len(batch))):
+        truth, pred, objects = _image_samples(batch, outputs["pred_masks"], index)
+        per_object = " ".join(f"{v:.2f}" for v in ious[objects].tolist()[:8])
+        mean = float(ious[objects].mean()) if len(objects) else float("nan")
+        caption = f"step {step} pred  mIoU {mean:.2f}  IoU {per_object}"
         gap = np.full((tile, 4, 3), 255, np.uint8)
-        rows.append(np.concatenate([draw_sample(truth, tile), gap, draw_sample(pred, tile)], 1))
+        left = draw_sample(truth, tile, caption=f"{truth['image_id']} truth")
+        right = draw_sample(pred, tile, alpha=0.15, outline=2, caption=caption)
+        rows.append(np.concatenate([left, gap, right], 1))
     if not rows:
         raise ValueError("render_predictions: the validation batch has no image")
     spacer = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
@@ -54,20 +69,26 @@ class PredictionPictures(L.Callback):
         self.num_images = num_images
         self.tile = tile
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        overlay = getattr(pl_module, "overlay_batch", None)
-        if overlay is None or not trainer.is_global_zero or trainer.sanity_checking:
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx != 0 or not outputs or not trainer.is_global_zero:
             return
-        picture = render_predictions(overlay, self.num_images, self.tile)
-        pl_module.overlay_batch = None
+        if trainer.sanity_checking:
+            return
+        step = trainer.global_step
+        picture = render_predictions(batch, outputs, self.num_images, step, self.tile)
         folder = Path(trainer.default_root_dir) / "predictions"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"step{trainer.global_step:07d}.png"
-        Image.fromarray(picture).save(path)
+        Image.fromarray(picture).save(folder / f"step{step:07d}.png")
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):  # Weights & Biases
-                logger.log_image("val/predictions", [picture], step=trainer.global_step)
+                logger.log_image("val/predictions", [picture], step=step)
             elif hasattr(getattr(logger, "experiment", None), "add_image"):  # TensorBoard
-                logger.experiment.add_image(
-                    "val/predictions", picture, trainer.global_step, dataformats="HWC"
-                )
+                logger.experiment.add_image("val/predictions", picture, step, dataformats="HWC")

@@ -159,7 +159,13 @@ def test_two_process_ddp_gathers_metrics_across_ranks(tmp_path):
 def test_every_recipe_composes_into_valid_configs(name):
     from hydra import compose, initialize_config_module
 
-    from samft.train.module import FinetuneConfig, InteractiveConfig, ModelConfig, _as_config
+    from samft.train.config import (
+        FinetuneConfig,
+        InteractiveConfig,
+        LossConfig,
+        ModelConfig,
+        as_config,
+    )
     from samft.train.optim import OptimConfig
 
     with initialize_config_module("samft.conf", version_base="1.3"):
@@ -169,8 +175,9 @@ def test_every_recipe_composes_into_valid_configs(name):
         (FinetuneConfig, "finetune"),
         (InteractiveConfig, "interactive"),
         (OptimConfig, "optim"),
+        (LossConfig, "loss"),
     ]:
-        _as_config(cls, dict(cfg[group]), group)
+        as_config(cls, dict(cfg[group]), group)
     assert cfg.data._target_ == "samft.data.datamodule.SamDataModule"
 
 

@@ -13,7 +13,8 @@ from torch.utils.data import RandomSampler, SequentialSampler
 
 from samft.data.datamodule import SamDataModule
 from samft.data.errors import DataError
-from samft.data.prompts import PROMPT_BOX, PromptSampler
+from samft.data.prompts import PromptSampler
+from samft.model.prompts import PROMPT_BOX
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -50,9 +51,9 @@ def test_plain_arguments_and_loader_settings(coco_mini):
     assert dm.datasets["train"].augment is not None and dm.datasets["val"].augment is None
     assert dm.datasets["val"].deterministic and not dm.datasets["train"].deterministic
     batch = next(iter(train))
-    assert len(batch["images"]) == 3 and (batch["prompt_types"] == PROMPT_BOX).all()
-    assert max(batch["input_sizes"].max(dim=1).values.tolist()) == 64
-    assert batch["gt_masks"].shape[1:] == (64, 64)
+    assert len(batch.images) == 3 and (batch.prompt_types == PROMPT_BOX).all()
+    assert max(batch.input_sizes.max(dim=1).values.tolist()) == 64
+    assert batch.gt_masks.shape[1:] == (64, 64)
     with pytest.raises(DataError, match="data.test is not set"):
         dm.test_dataloader()
 
@@ -83,7 +84,7 @@ def test_coco_yaml_with_the_lead_instantiate_call(coco_mini):
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 25 and len(dm.datasets["val"]) == 27
     batch = next(iter(dm.val_dataloader()))
-    assert batch["point_labels"].shape[1] >= 1 and (batch["point_labels"] <= 1).all()
+    assert batch.prompts.labels.shape[1] >= 1 and (batch.prompts.labels <= 1).all()
 
 
 @pytest.mark.parametrize("prompts", ["paper", "box", "points"])
@@ -142,11 +143,11 @@ class _Consumer(L.LightningModule):
         self.seen = []
 
     def training_step(self, batch, batch_idx):
-        self.seen.append(batch["object_image_index"].max().item() < len(batch["images"]))
-        return self.weight * batch["gt_masks"].float().mean()
+        self.seen.append(batch.object_image_index.max().item() < len(batch.images))
+        return self.weight * batch.gt_masks.float().mean()
 
     def validation_step(self, batch, batch_idx):
-        self.seen.append(batch["gt_masks"].shape[0] == batch["point_labels"].shape[0])
+        self.seen.append(batch.gt_masks.shape[0] == batch.prompts.labels.shape[0])
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)

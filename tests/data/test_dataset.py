@@ -11,9 +11,10 @@ from samft.data.augment import build_augment
 from samft.data.collate import collate_samples
 from samft.data.dataset import SamDataset
 from samft.data.errors import DataError
-from samft.data.prompts import PROMPT_BOX, PromptSampler
+from samft.data.prompts import PromptSampler
 from samft.data.readers import CocoReader
 from samft.data.resize import resize_image, resize_masks
+from samft.model.prompts import PROMPT_BOX
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_val_batches_identical_across_workers(coco_val):
 
     def batches(workers):
         loader = DataLoader(dataset, batch_size=2, num_workers=workers, collate_fn=collate_samples)
-        return [(b["point_coords"], b["point_labels"], b["gt_masks"]) for b in loader]
+        return [(b.prompts.coords, b.prompts.labels, b.gt_masks) for b in loader]
 
     for one, two in zip(batches(0), batches(2), strict=True):
         for a, b in zip(one, two, strict=True):

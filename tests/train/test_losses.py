@@ -226,13 +226,13 @@ def test_eligible_masks_limit_the_choice_and_the_iou_supervision():
     logits.requires_grad_(True)
     iou_pred = torch.full((2, 4), 0.5, requires_grad=True)
     # object 0 may use only mask 0 (single output), object 1 only masks 1..3
-    eligible = torch.tensor([[True, False, False, False], [False, True, True, True]])
-    out = SamLoss()(logits, iou_pred, gt, None, 2.0, eligible=eligible)
+    answering = torch.tensor([[True, False, False, False], [False, True, True, True]])
+    out = SamLoss()(logits, iou_pred, gt, None, 2.0, answering=answering)
     assert out.best_index.tolist() == [0, 1]
     out.total.backward()
     assert logits.grad[0, 1:].abs().sum() == 0 and logits.grad[0, 0].abs().sum() > 0
     assert logits.grad[1, [0, 2, 3]].abs().sum() == 0
-    # IoU MSE only over eligible masks: object 0 -> (0.5 - 0)^2, object 1 -> mean of
+    # IoU MSE only over answering masks: object 0 -> (0.5 - 0)^2, object 1 -> mean of
     # (0.5 - 1)^2, (0.5 - 0)^2, (0.5 - 1)^2
     expected = (0.25 + (0.25 + 0.25 + 0.25) / 3) / 2
     assert out.iou.item() == pytest.approx(expected)

@@ -12,6 +12,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from samft.data.datamodule import SamDataModule
 from samft.data.prompts import PromptSampler
+from samft.model import batched
+from samft.model.prompts import Prompts
 from samft.train.module import SamFineTuner
 
 
@@ -50,25 +52,18 @@ def test_batched_decode_equals_one_official_call_per_object(ct_organs):
     batch = next(iter(dm.train_dataloader()))
     module = _module().eval()
     with torch.no_grad():
-        emb = module.encode_images(batch["images"])
+        emb = module.encode_images(batch.images)
         # append a correction click per object: rows get different lengths and pads
         coords = torch.cat(
-            [batch["point_coords"], torch.full_like(batch["point_coords"][:, :1], 40.0)], 1
+            [batch.prompts.coords, torch.full_like(batch.prompts.coords[:, :1], 40.0)], 1
         )
-        labels = torch.cat(
-            [batch["point_labels"], torch.zeros_like(batch["point_labels"][:, :1])], 1
-        )
-        low, iou, answering = module.decode(
-            emb,
-            batch["object_image_index"],
-            coords,
-            labels,
-            batch["mask_inputs"],
-            batch["has_mask_input"],
-            True,
+        labels = torch.cat([batch.prompts.labels, torch.zeros_like(batch.prompts.labels[:, :1])], 1)
+        prompts = Prompts(coords, labels, batch.prompts.mask_inputs, batch.prompts.has_mask_input)
+        low, iou, answering = batched.decode(
+            module.model, emb, batch.object_image_index, prompts, True
         )
         pe, dec = module.model.prompt_encoder, module.model.mask_decoder
-        assert len(set(batch["prompt_types"].tolist())) > 1, "want mixed prompt types"
+        assert len(set(batch.prompt_types.tolist())) > 1, "want mixed prompt types"
         for row in range(labels.shape[0]):
             keep = labels[row] != -1
             lab, pts = labels[row][keep], coords[row][keep]
@@ -76,7 +71,7 @@ def test_batched_decode_equals_one_official_call_per_object(ct_organs):
             box = pts[is_box].reshape(1, 4) if is_box.any() else None
             points = (pts[~is_box][None], lab[~is_box][None]) if (~is_box).any() else None
             sparse, dense = pe(points=points, boxes=box, masks=None)
-            image = batch["object_image_index"][row]
+            image = batch.object_image_index[row]
             for multimask, outputs in ((True, slice(1, None)), (False, slice(0, 1))):
                 ref_low, ref_iou = dec(
                     emb[image : image + 1], pe.get_dense_pe(), sparse, dense, multimask
@@ -88,7 +83,7 @@ def test_batched_decode_equals_one_official_call_per_object(ct_organs):
 
 def test_auto_multimask_answers_only_a_single_point_with_three_masks():
     labels = torch.tensor([[1, -1], [1, 1], [1, 0], [2, 3], [0, -1]])
-    answering = SamFineTuner.answering_outputs(labels, "auto")
+    answering = batched.answering_outputs(labels, "auto")
     assert answering.tolist() == [
         [False, True, True, True],
         [True, False, False, False],
@@ -96,7 +91,7 @@ def test_auto_multimask_answers_only_a_single_point_with_three_masks():
         [True, False, False, False],
         [True, False, False, False],
     ]
-    assert SamFineTuner.answering_outputs(labels, False)[:, 0].all()
+    assert batched.answering_outputs(labels, False)[:, 0].all()
 
 
 def _fit(module, dm, tmp_path, steps):
@@ -142,7 +137,7 @@ def test_frozen_encoder_builds_no_graph(ct_organs):
     dm = _datamodule(ct_organs)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert not module.encode_images(batch["images"]).requires_grad
+    assert not module.encode_images(batch.images).requires_grad
     assert not any(p.requires_grad for p in module.model.image_encoder.parameters())
     assert module.model.training, "Lightning does not call train(): the module must"
 

@@ -8,16 +8,13 @@ prompt, then simulated centre correction clicks, scored by
 `PromptedSegmentationMetrics`. No decoder loop or pre/post-processing lives here.
 
 Any checkpoint `samft.weights` reads works: Meta's `.pth`, a samft Lightning
-checkpoint (LoRA folded in), or an export. With two checkpoints the report holds A, B and
-B - A for every metric.
+checkpoint (LoRA folded in), or an export.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,50 +25,23 @@ from torch.utils.data import DataLoader, Dataset
 
 from samft.data.collate import collate_samples
 from samft.data.dataset import SamDataset
-from samft.data.prompts import LABEL_PAD, PromptSampler, stable_seed
+from samft.data.prompts import PromptSampler, stable_seed
 from samft.data.readers import build_reader
+from samft.evaluate.report import CheckpointSummary, describe_checkpoint
+from samft.model.prompts import pad_tokens
 from samft.train.module import SamFineTuner
-from samft.weights.lightning import checkpoint_kind, read_lightning_info
-from samft.weights.load import read_sam_state_dict
-from samft.weights.shapes import infer_image_size
 
 log = logging.getLogger(__name__)
 
-# One sampler per prompt type; `PromptSampler.sample` names the type from what it drew.
+
 DEFAULT_PROMPTS: dict[str, dict[str, Any]] = {
     "one_point": {"point_prob": 1.0, "box_prob": 0.0, "num_points": [1, 1]},
     "points": {"point_prob": 1.0, "box_prob": 0.0, "num_points": [3, 3], "num_negatives": [1, 1]},
     "box": {"point_prob": 0.0, "box_prob": 1.0, "box_noise_std": 0.0},
 }
-DEFAULT_CLICKS = (1, 3, 5)
 
-# Rows of the terminal table, in this order; others follow alphabetically.
-TABLE_ORDER = (
-    "miou",
-    "dice",
-    "miou/one_point",
-    "miou/points",
-    "miou/box",
-    "dice/one_point",
-    "dice/points",
-    "dice/box",
-    "miou/click_1",
-    "miou/click_3",
-    "miou/click_5",
-    "dice/click_1",
-    "dice/click_3",
-    "dice/click_5",
-    "miou/small",
-    "miou/medium",
-    "miou/large",
-    "dice/small",
-    "dice/medium",
-    "dice/large",
-    "iou_head_mae",
-    "loss",
-    "num_objects",
-    "num_prompts",
-)
+
+DEFAULT_CLICKS = (1, 3, 5)
 
 
 class EvaluationDataset(Dataset):
@@ -103,12 +73,7 @@ class EvaluationDataset(Dataset):
             rng = np.random.default_rng(stable_seed(self.seed, f"{sample['image_id']}/{name}"))
             prompts += [sampler.sample(mask, rng) for mask in masks]
         copies = len(self.samplers)
-        tokens = max(len(p.labels) for p in prompts)
-        coords = torch.zeros(len(prompts), tokens, 2)
-        labels = torch.full((len(prompts), tokens), LABEL_PAD, dtype=torch.long)
-        for i, prompt in enumerate(prompts):
-            coords[i, : len(prompt.labels)] = torch.from_numpy(prompt.coords)
-            labels[i, : len(prompt.labels)] = torch.from_numpy(prompt.labels)
+        coords, labels = pad_tokens([p.coords for p in prompts], [p.labels for p in prompts])
         low = sample["mask_inputs"].shape[-1]
         return {
             **sample,
@@ -168,33 +133,6 @@ def build_evaluation_dataset(
     if len(base) == 0:
         raise ValueError(f"{name}: no image has an object to evaluate (skipped: {base.skipped})")
     return EvaluationDataset(base, samplers, seed)
-
-
-@dataclass
-class CheckpointSummary:
-    """What was evaluated: the file, its kind, architecture and input size."""
-
-    path: str
-    kind: str
-    variant: str
-    image_size: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-def describe_checkpoint(path: str | Path, variant: str | None = None) -> CheckpointSummary:
-    """Kind, variant and input size of a checkpoint, with errors that name the file.
-
-    The input size of a Lightning checkpoint is the one it was trained at (its saved
-    `model.image_size`), otherwise the size its position embedding was saved for.
-    """
-    path = Path(path)
-    state_dict, found = read_sam_state_dict(path, variant)
-    size = infer_image_size(state_dict)
-    info = read_lightning_info(path)
-    if info is None:
-        return CheckpointSummary(str(path), checkpoint_kind(path), found, size)
-    saved = (info["hyper_parameters"].get("model") or {}).get("image_size")
-    return CheckpointSummary(str(path), "lightning", found, int(saved) if saved else size)
 
 
 def evaluate_checkpoint(
@@ -274,77 +212,3 @@ def evaluate_checkpoint(
         metrics["num_objects"] = metrics["num_prompts"] / len(dataset.samplers)
     summary.metrics = dict(sorted(metrics.items()))
     return summary
-
-
-# --------------------------------------------------------------------------- reporting
-def metric_names(summaries: Sequence[CheckpointSummary]) -> list[str]:
-    """Every metric any summary has, in table order."""
-    present = set().union(*(s.metrics for s in summaries))
-    ordered = [name for name in TABLE_ORDER if name in present]
-    return ordered + sorted(present - set(ordered))
-
-
-def differences(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
-    """B - A for every metric both have."""
-    return {key: b[key] - a[key] for key in a if key in b}
-
-
-def format_table(summaries: Sequence[CheckpointSummary]) -> str:
-    """A plain-text table: one row per metric, one column per checkpoint (+ B-A for two)."""
-    labels = ["A", "B"] if len(summaries) == 2 else [str(i + 1) for i in range(len(summaries))]
-    if len(summaries) == 1:
-        labels = ["value"]
-    names = metric_names(summaries)
-    header = ["metric", *labels] + (["B-A"] if len(summaries) == 2 else [])
-    rows = []
-    for name in names:
-        values = [s.metrics.get(name) for s in summaries]
-        row = [name] + [_fmt(name, v) for v in values]
-        if len(summaries) == 2:
-            a, b = values
-            row.append(_fmt(name, None if a is None or b is None else b - a, signed=True))
-        rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest])
-
-    described = [f"{s.path} ({s.kind}, {s.variant}, {s.image_size} px)" for s in summaries]
-    if len(summaries) == 1:
-        legend = described
-    else:
-        legend = [f"{label}: {text}" for label, text in zip(labels, described, strict=True)]
-    rule = "-" * len(line(header))
-    return "\n".join([*legend, rule, line(header), rule, *map(line, rows), rule])
-
-
-def _fmt(name: str, value: float | None, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if name in ("num_objects", "num_prompts"):
-        return f"{value:+.0f}" if signed else f"{value:.0f}"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
-
-
-def build_report(
-    summaries: Sequence[CheckpointSummary], settings: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The JSON report: settings, one entry per checkpoint, and B - A for two."""
-    report: dict[str, Any] = {
-        "settings": dict(settings),
-        "checkpoints": [
-            {
-                "path": s.path,
-                "kind": s.kind,
-                "variant": s.variant,
-                "image_size": s.image_size,
-                "metrics": s.metrics,
-            }
-            for s in summaries
-        ],
-    }
-    if len(summaries) == 2:
-        report["difference_b_minus_a"] = differences(summaries[0].metrics, summaries[1].metrics)
-    return report

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-PAD, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 2, 3
+from samft.model.prompts import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_PAD
 
 
 @dataclass
@@ -33,12 +33,12 @@ def group_prompts(point_coords: Tensor, point_labels: Tensor) -> list[PromptGrou
 
     A row must hold either no box or exactly one (one token labelled 2 and one labelled 3).
     """
-    corners_tl = point_labels == BOX_TOP_LEFT
-    corners_br = point_labels == BOX_BOTTOM_RIGHT
+    corners_tl = point_labels == LABEL_BOX_TOP_LEFT
+    corners_br = point_labels == LABEL_BOX_BOTTOM_RIGHT
     has_box = corners_tl.any(dim=1)
     if (corners_tl.sum(1) != has_box.long()).any() or (corners_br.sum(1) != has_box).any():
         raise ValueError("each prompt row needs no box or exactly one pair of corners (2, 3)")
-    is_point = (point_labels != PAD) & ~corners_tl & ~corners_br
+    is_point = (point_labels != LABEL_PAD) & ~corners_tl & ~corners_br
     num_points = is_point.sum(dim=1)
     key = num_points * 2 + has_box.long()
     groups = []

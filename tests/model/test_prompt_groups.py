@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from samft.train.prompt_groups import group_prompts
+from samft.model.prompt_groups import group_prompts
 
 
 def test_groups_by_layout_and_strips_padding():

@@ -1,0 +1,43 @@
+"""`SamBatch`: what collation hands the training module, for B images and P objects.
+
+A dataclass, so Lightning moves every tensor in it to the device; lists stay as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from samft.model.prompts import Prompts
+
+
+@dataclass
+class SamBatch:
+    """B images and their P objects, with one prompt per object.
+
+    images:              list[B] uint8 3 x h_i x w_i, input frame, not normalised or padded
+    input_sizes:         B x 2 long (h_i, w_i)
+    image_ids:           list[B] str
+    gt_masks:            P x S x S bool, input frame, zero-padded bottom/right
+    object_image_index:  P long, index of each object's image
+    prompts:             the first round's prompts (`Prompts`: coords P x K x 2 input frame,
+                         labels P x K, mask_inputs P x 1 x S/4 x S/4, has_mask_input P)
+    prompt_types:        P long (PROMPT_ONE_POINT, PROMPT_POINTS, PROMPT_BOX)
+    object_areas:        P float, pixels in the original frame (before the resize)
+    embeddings:          B x C x h' x w' fp16 from the embedding cache, or None
+    """
+
+    images: list[Tensor]
+    input_sizes: Tensor
+    image_ids: list[str]
+    gt_masks: Tensor
+    object_image_index: Tensor
+    prompts: Prompts
+    prompt_types: Tensor
+    object_areas: Tensor
+    embeddings: Tensor | None = None
+
+    def __len__(self) -> int:
+        """B, the number of images."""
+        return len(self.images)

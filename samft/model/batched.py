@@ -1,0 +1,113 @@
+"""The batched SAM forward that training, evaluation, the embedding cache and automatic
+masks all call.
+
+Meta's `Sam.forward` loops per image and runs under `no_grad`. Here each image is encoded
+once, and every prompt of every image goes through the prompt encoder and mask decoder in
+one call per token layout: `image_index` maps each prompt to its image's embedding, which
+is gathered, never copied per prompt. Prompts are laid out exactly as the official
+predictor lays them out (`group_prompts`), so a prompt gives the same masks here as in
+`SamPredictor`.
+
+Frames: images and prompts are in the input frame (long side S); low-res logits are
+S/4 x S/4 over the padded S x S square; `upscale` brings them to that square.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from samft.model.prompt_groups import group_prompts
+from samft.model.prompts import LABEL_PAD, LABEL_POSITIVE, Prompts
+from samft.model.sam import Sam
+
+
+class DecoderOutput(NamedTuple):
+    """What the decoder says for P prompts.
+
+    low_res:    P x 4 x S/4 x S/4 logits: output 0 is the single-mask answer, 1..3 the
+                multimask answers
+    iou_pred:   P x 4 predicted IoU of each output
+    answering:  P x 4 bool, the outputs that answer each prompt (see `answering_outputs`)
+    """
+
+    low_res: Tensor
+    iou_pred: Tensor
+    answering: Tensor
+
+
+def encode_images(sam: Sam, images: list[Tensor]) -> Tensor:
+    """B images (uint8 3 x h_i x w_i, input frame, not padded) -> B x C x h' x w'.
+
+    Normalisation and padding happen in `Sam.preprocess`, exactly as at inference. Runs
+    with autograd as the caller has it: wrap in `torch.no_grad()` for a frozen encoder.
+    """
+    x = torch.cat([sam.preprocess(img[None].float()) for img in images])
+    return sam.image_encoder(x)
+
+
+def dense_embeddings(sam: Sam, mask_inputs: Tensor, has_mask_input: Tensor) -> Tensor:
+    """P x C x h' x w': the mask prompt's embedding where given, `no_mask_embed` elsewhere."""
+    pe = sam.prompt_encoder
+    h, w = pe.image_embedding_size
+    num = has_mask_input.shape[0]
+    dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(num, -1, h, w)
+    if has_mask_input.any():
+        dense = dense.clone()
+        dense[has_mask_input] = pe.mask_downscaling(mask_inputs[has_mask_input])
+    return dense
+
+
+def answering_outputs(point_labels: Tensor, multimask_output: bool | str) -> Tensor:
+    """P x 4 bool: output 0 (single mask) or outputs 1..3 (multimask) for each prompt.
+
+    `auto` is the SAM paper's rule: a single positive point (the ambiguous prompt) is
+    answered by the three multimask outputs, any other prompt by the single-mask output.
+    """
+    if multimask_output == "auto":
+        positives = (point_labels == LABEL_POSITIVE).sum(dim=1)
+        others = ((point_labels != LABEL_POSITIVE) & (point_labels != LABEL_PAD)).sum(dim=1)
+        ambiguous = (positives == 1) & (others == 0)
+    else:
+        ambiguous = torch.full_like(point_labels[:, 0], bool(multimask_output), dtype=bool)
+    return torch.cat([~ambiguous[:, None], ambiguous[:, None].expand(-1, 3)], dim=1)
+
+
+def decode(
+    sam: Sam,
+    embeddings: Tensor,
+    image_index: Tensor,
+    prompts: Prompts,
+    multimask_output: bool | str,
+) -> DecoderOutput:
+    """All P prompts on B images (`embeddings` B x C x h' x w', `image_index` P) at once.
+
+    Rows are grouped by token layout so each prompt is embedded exactly as the official
+    predictor embeds it; each group is one decoder call over all images.
+    """
+    pe = sam.prompt_encoder
+    dense = dense_embeddings(sam, prompts.mask_inputs, prompts.has_mask_input)
+    image_pe = pe.get_dense_pe()
+    num = prompts.labels.shape[0]
+    low_res = iou_pred = None
+    for group in group_prompts(prompts.coords, prompts.labels):
+        sparse, _ = pe(points=group.points, boxes=group.boxes, masks=None)
+        masks, scores = sam.mask_decoder.predict_masks(
+            embeddings, image_pe, sparse, dense[group.index], image_index[group.index]
+        )
+        if low_res is None:
+            low_res = masks.new_empty((num, *masks.shape[1:]))
+            iou_pred = scores.new_empty((num, scores.shape[1]))
+        low_res = low_res.index_copy(0, group.index, masks)
+        iou_pred = iou_pred.index_copy(0, group.index, scores)
+    return DecoderOutput(low_res, iou_pred, answering_outputs(prompts.labels, multimask_output))
+
+
+def upscale(sam: Sam, low_res: Tensor) -> Tensor:
+    """Low-res logits P x M x S/4 x S/4 -> P x M x S x S logits on the padded input square
+    (the first step of `Sam.postprocess_masks`)."""
+    size = sam.image_size
+    return F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
