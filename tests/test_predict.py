@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from samft.commands.predict import draw_overlay, list_images, predict
 from samft.data.images import read_rgb
+from samft.infer.overlay import draw_overlay
+from samft.infer.predict import list_images, predict
 from samft.infer.predictor import SamPredictor
 from samft.infer.prompts_file import (
     ALL_IMAGES,

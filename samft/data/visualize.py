@@ -13,22 +13,13 @@ import cv2
 import numpy as np
 
 from samft.data.dataset import SamDataset
+from samft.io.drawing import NEGATIVE_COLOUR, POSITIVE_COLOUR, palette
 from samft.model.prompts import (
     LABEL_BOX_BOTTOM_RIGHT,
     LABEL_BOX_TOP_LEFT,
     LABEL_NEGATIVE,
     LABEL_POSITIVE,
 )
-
-POSITIVE_COLOUR = (40, 220, 40)
-NEGATIVE_COLOUR = (230, 30, 30)
-
-
-def _palette(n: int) -> np.ndarray:
-    """n distinct bright RGB colours (hues spread by the golden ratio)."""
-    hues = (np.arange(n) * 0.618034 % 1.0 * 179).astype(np.uint8)
-    hsv = np.stack([hues, np.full(n, 200, np.uint8), np.full(n, 255, np.uint8)], axis=1)
-    return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0].astype(np.int32)
 
 
 def draw_sample(
@@ -47,7 +38,7 @@ def draw_sample(
     th, tw = max(int(round(h * scale)), 1), max(int(round(w * scale)), 1)
     canvas = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA).astype(np.float32)
     masks = sample["masks"].numpy()
-    colours = _palette(len(masks))
+    colours = palette(len(masks))
     outlines = []
     for mask, colour in zip(masks, colours, strict=True):
         small = cv2.resize(mask.astype(np.uint8), (tw, th), interpolation=cv2.INTER_NEAREST)

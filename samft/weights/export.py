@@ -23,13 +23,18 @@ from typing import Any
 
 import samft
 from samft.io.files import output_stem, prepare_output_dir, sha256_file, write_json_atomic
+from samft.model.registry import get_hyper_params
 from samft.weights.lightning import SIDECAR_FORMAT, final_validation_metrics, read_lightning_info
 from samft.weights.load import load_sam, read_sam_state_dict
 from samft.weights.save import save_sam
 from samft.weights.shapes import infer_image_size
+from samft.weights.transformers_layout import (
+    transformers_weights_path,
+    write_transformers_checkpoint,
+)
 
 WEIGHT_FORMATS = {"pth": ".pth", "safetensors": ".safetensors"}
-FORMATS = ("official", "pth", "safetensors", "onnx")
+FORMATS = ("official", "pth", "safetensors", "onnx", "transformers")
 
 
 def export_checkpoint(
@@ -43,9 +48,11 @@ def export_checkpoint(
 
     format: "official" writes `<stem>.pth` and `<stem>.safetensors`; "pth" or
     "safetensors" one of them; "onnx" `<stem>.encoder.onnx` and `<stem>.decoder.onnx`
-    (see `samft.weights.onnx`). variant: checked against the file when given.
-    Returns the written paths by name ("pth", "safetensors", "encoder", "decoder",
-    "sidecar").
+    (see `samft.weights.onnx`); "transformers" the folder `<stem>/` of a Hugging Face
+    `SamModel` (see `samft.weights.transformers_layout`). variant: checked against the
+    file when given. Returns the written paths by name ("pth", "safetensors", "encoder",
+    "decoder", "transformers_config", "transformers_weights",
+    "transformers_preprocessor", "sidecar").
     """
     if format not in FORMATS:
         raise ValueError(f"export format={format!r}; expected one of {list(FORMATS)}")
@@ -58,7 +65,12 @@ def export_checkpoint(
     info = read_lightning_info(checkpoint)
 
     written: dict[str, Path] = {}
-    if format == "onnx":
+    if format == "transformers":
+        hp = get_hyper_params(found_variant)
+        for name, path in write_transformers_checkpoint(state_dict, stem, image_size, hp).items():
+            _default_permissions(path)
+            written[f"transformers_{name}"] = path
+    elif format == "onnx":
         from samft.weights.onnx import export_onnx  # torch.onnx is slow to import
 
         sam = load_sam(checkpoint, variant=found_variant, image_size=image_size)
@@ -69,7 +81,13 @@ def export_checkpoint(
             written[name] = save_sam(state_dict, stem.with_name(stem.name + suffix))
             _default_permissions(written[name])
 
-    sidecar = build_sidecar(checkpoint, found_variant, image_size, info, written)
+    source = checkpoint
+    if checkpoint.is_dir():  # a transformers folder: trace the export to its weights file
+        source = transformers_weights_path(checkpoint)
+    sidecar = build_sidecar(source, found_variant, image_size, info, written)
+    if format == "transformers":  # the files lie in <stem>/, beside the sidecar
+        for name in written:
+            sidecar["files"][name]["path"] = f"{stem.name}/{written[name].name}"
     if format == "onnx":
         sidecar["onnx"] = {
             "opset": 17,

@@ -30,8 +30,16 @@ class CheckpointError(ValueError):
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The SAM weights in `path`, in the official layout (keys and, if LoRA, merged)."""
+    """The SAM weights in `path`, in the official layout (keys and, if LoRA, merged).
+
+    A folder, or a file beside a SAM `config.json`, is read as a transformers `SamModel`
+    checkpoint (`samft.weights.transformers_layout`).
+    """
     path = Path(path)
+    from samft.weights import transformers_layout as hf  # imports this module
+
+    if path.is_dir() or hf.is_transformers_checkpoint(path):  # a transformers SamModel
+        return hf.read_transformers_checkpoint(path)
     container = _load_file(path)
     state_dict, is_lightning = _unwrap(container, path)
     state_dict = _strip_prefixes(state_dict, path, drop_others=is_lightning)
