@@ -147,3 +147,68 @@ def test_unknown_config_key_is_named():
         SamFineTuner(model={"variant": "tiny"}, finetune={"lora_rnk": 4})
     with pytest.raises(ValueError, match="finetune.image_encoder"):
         SamFineTuner(model={"variant": "tiny"}, finetune={"image_encoder": "partial"})
+
+
+@pytest.mark.parametrize("loss_rounds", ["all", "first", "last"])
+def test_training_step_runs_the_papers_interactive_rounds(ct_organs, loss_rounds, monkeypatch):
+    """2 correction rounds (a click each, from the error region) then 1 mask-only round:
+    four decoder calls, the mask prompt fed back from round 1 on, one click more per
+    correction round and none in the mask-only round; the step's loss is the mean of the
+    counted rounds' losses."""
+    torch.manual_seed(0)
+    module = SamFineTuner(
+        model={"variant": "tiny"},
+        finetune={"image_encoder": "frozen"},
+        interactive={
+            "correction_rounds": 2,
+            "mask_only_rounds": 1,
+            "loss_rounds": loss_rounds,
+            "click_mode": "center",
+            "multimask_output": "auto",
+        },
+    )
+    dm = _datamodule(ct_organs)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    calls, losses = [], []
+    decode = batched.decode
+
+    def spy_decode(sam, embeddings, image_index, prompts, multimask_output):
+        calls.append((prompts, multimask_output))
+        return decode(sam, embeddings, image_index, prompts, multimask_output)
+
+    loss_fn = module.loss_fn.forward
+
+    def spy_loss(*args, **kwargs):
+        out = loss_fn(*args, **kwargs)
+        losses.append(out.total.detach())
+        return out
+
+    monkeypatch.setattr(batched, "decode", spy_decode)
+    monkeypatch.setattr(module.loss_fn, "forward", spy_loss)
+    total = module.training_step(batch, 0)
+
+    assert len(calls) == 4 and len(losses) == 4
+    tokens = [prompts.labels.shape[1] for prompts, _ in calls]
+    first_tokens = batch.prompts.labels.shape[1]
+    assert tokens == [first_tokens, first_tokens + 1, first_tokens + 2, first_tokens + 2]
+    assert not calls[0][0].has_mask_input.any()
+    assert all(prompts.has_mask_input.all() for prompts, _ in calls[1:])
+    assert calls[0][1] == "auto" and all(mm is False for _, mm in calls[1:])
+    # each correction click is a positive (1) or negative (0) point inside the image
+    for prompts, _ in calls[1:3]:
+        new = prompts.labels[:, -1]
+        assert ((new == 0) | (new == 1)).all()
+    counted = {"all": [0, 1, 2, 3], "first": [0], "last": [3]}[loss_rounds]
+    expected = torch.stack([losses[i] for i in counted]).mean()
+    torch.testing.assert_close(total.detach(), expected, rtol=1e-5, atol=1e-6)
+    total.backward()
+    grads = [p.grad for p in module.model.mask_decoder.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_click_mode_typo_is_refused_at_start():
+    with pytest.raises(ValueError, match="interactive.click_mode must be one of"):
+        SamFineTuner(model={"variant": "tiny"}, interactive={"click_mode": "centre"})
+    with pytest.raises(ValueError, match=r"loss.focal_weight='abc': expected float"):
+        SamFineTuner(model={"variant": "tiny"}, loss={"focal_weight": "abc"})
