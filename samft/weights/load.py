@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from samft.model.registry import build_sam, get_hyper_params
 from samft.model.sam import Sam
-from samft.weights.read import CheckpointError, read_state_dict
+from samft.weights.files import CheckpointError
+from samft.weights.read import read_state_dict
 from samft.weights.shapes import (
     PATCH_WEIGHT,
     POS_EMBED,

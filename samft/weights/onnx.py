@@ -30,6 +30,7 @@ is re-implemented except where tracing needs the sizes as tensors.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -52,6 +53,17 @@ DECODER_INPUTS = (
     "orig_im_size",
 )
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+ONNX_MISSING = (
+    'format=onnx needs the onnx package, which is not installed: pip install "samft[onnx]" '
+    "(onnx and onnxruntime)"
+)
+
+
+def require_onnx() -> None:
+    """An ImportError with the install command when `onnx` is missing, before any tracing
+    (torch only says "Module onnx is not installed!", after tracing the model)."""
+    if importlib.util.find_spec("onnx") is None:
+        raise ImportError(ONNX_MISSING)
 
 
 class PromptMaskDecoderOnnx(nn.Module):
@@ -188,6 +200,7 @@ def export_encoder(sam: Sam, path: str | Path) -> Path:
 
 def export_onnx(sam: Sam, stem: str | Path, return_single_mask: bool = True) -> dict[str, Path]:
     """Both models beside each other: `<stem>.encoder.onnx` and `<stem>.decoder.onnx`."""
+    require_onnx()
     stem = Path(stem)
     return {
         "encoder": export_encoder(sam, stem.with_name(stem.name + ".encoder.onnx")),
@@ -211,6 +224,7 @@ def _export(
     (with its external-data files when it is over protobuf's 2 GB limit, e.g. vit_h), so
     an interrupted export leaves no half-written model behind.
     """
+    require_onnx()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     first = next(module.parameters())

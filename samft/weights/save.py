@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from samft.model.lora import has_lora_keys, merge_lora_state_dict
-from samft.weights.read import SAM_PARTS, CheckpointError, _strip_prefixes
+from samft.weights.files import CheckpointError, independent_tensors
+from samft.weights.read import SAM_PARTS, _strip_prefixes
 
 
 def save_sam(model_or_state_dict: nn.Module | Mapping[str, Tensor], path: str | Path) -> Path:
@@ -36,7 +37,7 @@ def save_sam(model_or_state_dict: nn.Module | Mapping[str, Tensor], path: str | 
         )
     if has_lora_keys(state_dict):
         state_dict = merge_lora_state_dict(state_dict)
-    tensors = _independent_tensors(state_dict)
+    tensors = independent_tensors(state_dict)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -49,17 +50,3 @@ def save_sam(model_or_state_dict: nn.Module | Mapping[str, Tensor], path: str | 
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def _independent_tensors(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Detached, contiguous CPU tensors, none sharing memory (safetensors requires it)."""
-    out: dict[str, Tensor] = {}
-    seen: set[int] = set()
-    for key, value in state_dict.items():
-        tensor = value.detach().cpu().contiguous()
-        pointer = tensor.untyped_storage().data_ptr()
-        if pointer in seen:
-            tensor = tensor.clone()
-        seen.add(tensor.untyped_storage().data_ptr())
-        out[key] = tensor
-    return out

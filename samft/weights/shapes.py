@@ -10,7 +10,7 @@ from torch import Tensor
 
 from samft.model.image_encoder import resize_rel_pos
 from samft.model.registry import VARIANTS, get_hyper_params
-from samft.weights.read import CheckpointError
+from samft.weights.files import CheckpointError
 
 POS_EMBED = "image_encoder.pos_embed"
 PATCH_WEIGHT = "image_encoder.patch_embed.proj.weight"

@@ -26,8 +26,12 @@ from torch import Tensor
 
 from samft.model.registry import SamHyperParams, get_hyper_params
 from samft.model.sam import PIXEL_MEAN, PIXEL_STD
-from samft.weights.read import CheckpointError, _is_tensor_dict, _load_file
-from samft.weights.save import _independent_tensors
+from samft.weights.files import (
+    CheckpointError,
+    independent_tensors,
+    is_tensor_dict,
+    load_tensor_file,
+)
 from samft.weights.shapes import infer_image_size, infer_variant, resize_position_embeddings
 from samft.weights.transformers_map import (
     official_to_transformers,
@@ -131,8 +135,8 @@ def read_transformers_checkpoint(path: str | Path) -> dict[str, Tensor]:
             raise CheckpointError(f"cannot read the shard index {weights}: {err!r}") from None
     state_dict: dict[str, Tensor] = {}
     for file in files:
-        container = _load_file(file)
-        if not _is_tensor_dict(container):
+        container = load_tensor_file(file)
+        if not is_tensor_dict(container):
             raise CheckpointError(f"checkpoint {file} is not a flat dict of tensors")
         state_dict.update(container)
     try:
@@ -186,7 +190,7 @@ def write_transformers_checkpoint(
     size = int(image_size or saved)
     if size != saved:
         state_dict = resize_position_embeddings(state_dict, size, hp.encoder_global_attn_indexes)
-    tensors = _independent_tensors(official_to_transformers(state_dict))
+    tensors = independent_tensors(official_to_transformers(state_dict))
     dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     files = {
         CONFIG: transformers_config(hp, size, dtype),

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from samft.model.registry import SamHyperParams, get_hyper_params
 from samft.model.sam import PIXEL_MEAN, PIXEL_STD
-from samft.weights.read import CheckpointError
+from samft.weights.files import CheckpointError
 from samft.weights.shapes import infer_image_size, infer_variant
 
 OFFICIAL_PE = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
