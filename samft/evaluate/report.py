@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from samft.weights.known import resolve_checkpoint
 from samft.weights.lightning import checkpoint_kind, read_lightning_info
 from samft.weights.load import read_sam_state_dict
 from samft.weights.shapes import infer_image_size
@@ -58,7 +59,7 @@ def describe_checkpoint(path: str | Path, variant: str | None = None) -> Checkpo
     The input size of a Lightning checkpoint is the one it was trained at (its saved
     `model.image_size`), otherwise the size its position embedding was saved for.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     state_dict, found = read_sam_state_dict(path, variant)
     size = infer_image_size(state_dict)
     info = read_lightning_info(path)

@@ -3,8 +3,9 @@
 from samft.model.image_encoder import ImageEncoderViT
 from samft.model.mask_decoder import MaskDecoder
 from samft.model.prompt_encoder import PromptEncoder
-from samft.model.registry import VARIANTS, SamHyperParams, build_sam
+from samft.model.registry import VARIANTS, SamHyperParams, TinyViTHyperParams, build_sam
 from samft.model.sam import Sam
+from samft.model.tiny_vit import TinyViT
 from samft.model.transformer import TwoWayTransformer
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "PromptEncoder",
     "Sam",
     "SamHyperParams",
+    "TinyViT",
+    "TinyViTHyperParams",
     "TwoWayTransformer",
     "build_sam",
 ]

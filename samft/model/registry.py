@@ -1,43 +1,101 @@
 """The one place where SAM variants are wired: hyper-parameters and `build_sam`.
 
-`vit_b`, `vit_l` and `vit_h` carry the official hyper-parameters; `tiny` is ours, small
-enough to train from scratch on a CPU in tests and in the demo.
+Two encoder families share the prompt encoder and mask decoder:
+
+* `SamHyperParams` (`encoder == "vit"`): SAM's ViT. `vit_b`, `vit_l` and `vit_h` carry the
+  official hyper-parameters; `tiny` is ours, small enough to train from scratch on a CPU
+  in tests and in the demo.
+* `TinyViTHyperParams` (`encoder == "tiny_vit"`): `vit_t` is MobileSAM (1024 px, SAM's
+  pixel mean/std); `lite_medsam` is LiteMedSAM (256 px, 1x1 stem, per-image min-max
+  scaling, decoder as SAM's).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import prod
+from typing import ClassVar
+
+from torch import nn
 
 from samft.model.image_encoder import ImageEncoderViT
 from samft.model.mask_decoder import MaskDecoder
 from samft.model.prompt_encoder import PromptEncoder
 from samft.model.sam import PIXEL_MEAN, PIXEL_STD, Sam
+from samft.model.tiny_vit import STEMS, TinyViT
 from samft.model.transformer import TwoWayTransformer
 
 
+@dataclass(frozen=True, kw_only=True)
+class _SharedHyperParams:
+    """The input size, preprocessing, prompt encoder and mask decoder of any variant."""
+
+    image_size: int = 1024
+    normalization: str = "mean_std"  # `Sam.preprocess`: "mean_std" or "min_max"
+    prompt_embed_dim: int = 256
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    iou_head_hidden_dim: int = 256
+    mask_in_chans: int = 16
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+
+
 @dataclass(frozen=True)
-class SamHyperParams:
-    """Everything that fixes a SAM architecture (and so its state-dict shapes)."""
+class SamHyperParams(_SharedHyperParams):
+    """Everything that fixes a SAM architecture with a ViT encoder (and so its shapes)."""
+
+    encoder: ClassVar[str] = "vit"
 
     encoder_embed_dim: int
     encoder_depth: int
     encoder_num_heads: int
     encoder_global_attn_indexes: tuple[int, ...]
     window_size: int = 14
-    prompt_embed_dim: int = 256
-    decoder_depth: int = 2
-    decoder_mlp_dim: int = 2048
-    decoder_num_heads: int = 8
-    iou_head_hidden_dim: int = 256
-    image_size: int = 1024
     patch_size: int = 16
-    mask_in_chans: int = 16
     mlp_ratio: float = 4.0
-    num_multimask_outputs: int = 3
-    iou_head_depth: int = 3
+
+    @property
+    def embedding_stride(self) -> int:
+        """Input pixels per image-embedding cell."""
+        return self.patch_size
 
 
-VARIANTS: dict[str, SamHyperParams] = {
+@dataclass(frozen=True)
+class TinyViTHyperParams(_SharedHyperParams):
+    """Everything that fixes a SAM architecture with a TinyViT encoder (see `TinyViT`)."""
+
+    encoder: ClassVar[str] = "tiny_vit"
+
+    embed_dims: tuple[int, ...]
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    window_sizes: tuple[int, ...]
+    stem: str = "conv3x3_s2"
+    merge_strides: tuple[int, ...] = (2, 2, 1)
+    mlp_ratio: float = 4.0
+    mbconv_expand_ratio: float = 4.0
+    local_conv_size: int = 3
+    with_head: bool = False  # MobileSAM's unused ImageNet classifier, for strict loading
+
+    @property
+    def embedding_stride(self) -> int:
+        """Input pixels per image-embedding cell."""
+        return STEMS[self.stem][1] ** 2 * prod(self.merge_strides)
+
+
+VariantHyperParams = SamHyperParams | TinyViTHyperParams
+
+# TinyViT-5M as MobileSAM and LiteMedSAM use it.
+_TINY_VIT_5M = {
+    "embed_dims": (64, 128, 160, 320),
+    "depths": (2, 2, 6, 2),
+    "num_heads": (2, 4, 5, 10),
+    "window_sizes": (7, 7, 14, 7),
+}
+
+VARIANTS: dict[str, VariantHyperParams] = {
     "vit_b": SamHyperParams(768, 12, 12, (2, 5, 8, 11)),
     "vit_l": SamHyperParams(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": SamHyperParams(1280, 32, 16, (7, 15, 23, 31)),
@@ -54,10 +112,14 @@ VARIANTS: dict[str, SamHyperParams] = {
         iou_head_hidden_dim=128,
         image_size=256,
     ),
+    "vit_t": TinyViTHyperParams(**_TINY_VIT_5M, stem="conv3x3_s2", with_head=True),
+    "lite_medsam": TinyViTHyperParams(
+        **_TINY_VIT_5M, stem="conv1x1", image_size=256, normalization="min_max"
+    ),
 }
 
 
-def get_hyper_params(variant: str) -> SamHyperParams:
+def get_hyper_params(variant: str) -> VariantHyperParams:
     """The hyper-parameters of `variant`, or a ValueError listing the known ones."""
     try:
         return VARIANTS[variant]
@@ -67,30 +129,36 @@ def get_hyper_params(variant: str) -> SamHyperParams:
         ) from None
 
 
-def _check_image_size(variant: str, image_size: int, patch_size: int) -> None:
-    if image_size <= 0 or image_size % patch_size:
+def _check_image_size(variant: str, image_size: int, stride: int) -> None:
+    if image_size <= 0 or image_size % stride:
         raise ValueError(
             f"image_size for '{variant}' must be a positive multiple of the patch size "
-            f"{patch_size}, got {image_size}"
+            f"{stride}, got {image_size}"
         )
 
 
-def build_sam(
-    variant: str,
-    image_size: int | None = None,
-    activation_checkpointing: bool = False,
-) -> Sam:
-    """Build a randomly initialised SAM of `variant`, in eval mode.
-
-    `image_size` None means the variant's default (1024 for vit_*, 256 for tiny). This
-    only builds; `samft.weights.load_sam` builds and loads a checkpoint.
-    """
-    hp = get_hyper_params(variant)
-    size = hp.image_size if image_size is None else int(image_size)
-    _check_image_size(variant, size, hp.patch_size)
-    grid = size // hp.patch_size
-    image_encoder = ImageEncoderViT(
-        img_size=size,
+def build_image_encoder(
+    hp: VariantHyperParams, image_size: int, activation_checkpointing: bool = False
+) -> nn.Module:
+    """The image encoder of `hp` for `image_size` px inputs (random weights)."""
+    if isinstance(hp, TinyViTHyperParams):
+        return TinyViT(
+            img_size=image_size,
+            embed_dims=hp.embed_dims,
+            depths=hp.depths,
+            num_heads=hp.num_heads,
+            window_sizes=hp.window_sizes,
+            mlp_ratio=hp.mlp_ratio,
+            mbconv_expand_ratio=hp.mbconv_expand_ratio,
+            local_conv_size=hp.local_conv_size,
+            stem=hp.stem,
+            merge_strides=hp.merge_strides,
+            out_chans=hp.prompt_embed_dim,
+            with_head=hp.with_head,
+            activation_checkpointing=activation_checkpointing,
+        )
+    return ImageEncoderViT(
+        img_size=image_size,
         patch_size=hp.patch_size,
         embed_dim=hp.encoder_embed_dim,
         depth=hp.encoder_depth,
@@ -103,6 +171,24 @@ def build_sam(
         global_attn_indexes=hp.encoder_global_attn_indexes,
         activation_checkpointing=activation_checkpointing,
     )
+
+
+def build_sam(
+    variant: str,
+    image_size: int | None = None,
+    activation_checkpointing: bool = False,
+) -> Sam:
+    """Build a randomly initialised SAM of `variant`, in eval mode.
+
+    `image_size` None means the variant's default (1024 for vit_* and vit_t, 256 for tiny
+    and lite_medsam). This only builds; `samft.weights.load_sam` builds and loads a
+    checkpoint.
+    """
+    hp = get_hyper_params(variant)
+    size = hp.image_size if image_size is None else int(image_size)
+    _check_image_size(variant, size, hp.embedding_stride)
+    grid = size // hp.embedding_stride
+    image_encoder = build_image_encoder(hp, size, activation_checkpointing)
     prompt_encoder = PromptEncoder(
         embed_dim=hp.prompt_embed_dim,
         image_embedding_size=(grid, grid),
@@ -121,6 +207,13 @@ def build_sam(
         iou_head_depth=hp.iou_head_depth,
         iou_head_hidden_dim=hp.iou_head_hidden_dim,
     )
-    sam = Sam(image_encoder, prompt_encoder, mask_decoder, PIXEL_MEAN, PIXEL_STD)
+    sam = Sam(
+        image_encoder,
+        prompt_encoder,
+        mask_decoder,
+        PIXEL_MEAN,
+        PIXEL_STD,
+        normalization=hp.normalization,
+    )
     sam.eval()
     return sam

@@ -2,8 +2,17 @@
 
 Frames: the *original* image (H x W) is resized so its long side is S (the *input* frame,
 h x w, see `samft.model.transforms.ResizeLongestSide`), then `preprocess` pads it bottom-right
-to the S x S square the encoder sees. Low-res logits come back as S/4 x S/4 and
-`postprocess_masks` undoes both steps.
+to the S x S square the encoder sees. Low-res logits come back as 4h' x 4w' (h' x w'
+the image embedding; S/4 for SAM's ViT) and `postprocess_masks` undoes both steps.
+
+Pixel normalisation belongs to the model variant (`Sam.normalization`):
+
+* "mean_std" (SAM, MobileSAM): `(x - pixel_mean) / pixel_std` per channel, on [0, 255].
+* "min_max" (LiteMedSAM): per image, `(x - min) / max(max - min, 1e-8)` over all channels
+  and pixels of the resized image, giving [0, 1] whatever the input range.
+
+Both run on the resized image before padding, so the zero padding never enters the
+statistics and stays zero.
 """
 
 from __future__ import annotations
@@ -18,16 +27,21 @@ from torch import Tensor, nn
 from samft.model.image_encoder import ImageEncoderViT
 from samft.model.mask_decoder import MaskDecoder
 from samft.model.prompt_encoder import PromptEncoder
+from samft.model.tiny_vit import TinyViT
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
+NORMALIZATIONS = ("mean_std", "min_max")
+MIN_MAX_EPS = 1e-8  # LiteMedSAM's lower bound on the max - min range
 
 
 class Sam(nn.Module):
     """Segment Anything: image encoder, prompt encoder and mask decoder.
 
     `pixel_mean` / `pixel_std` are non-persistent buffers (not in the state dict), as in
-    the official model, so checkpoints stay interchangeable.
+    the official model, so checkpoints stay interchangeable; they are used only when
+    `normalization` is "mean_std" (see the module docstring). `normalization` is a plain
+    attribute, for code that must reproduce the preprocessing elsewhere (export sidecars).
     """
 
     mask_threshold: float = 0.0
@@ -35,13 +49,19 @@ class Sam(nn.Module):
 
     def __init__(
         self,
-        image_encoder: ImageEncoderViT,
+        image_encoder: ImageEncoderViT | TinyViT,
         prompt_encoder: PromptEncoder,
         mask_decoder: MaskDecoder,
         pixel_mean: Sequence[float] = PIXEL_MEAN,
         pixel_std: Sequence[float] = PIXEL_STD,
+        normalization: str = "mean_std",
     ) -> None:
         super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"unknown normalization '{normalization}'; expected one of {NORMALIZATIONS}"
+            )
+        self.normalization = normalization
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
@@ -60,7 +80,8 @@ class Sam(nn.Module):
     def preprocess(self, x: Tensor) -> Tensor:
         """`B x 3 x h x w` float RGB in [0, 255] (input frame) -> `B x 3 x S x S`.
 
-        Normalises with the pixel mean/std, then pads bottom and right with zeros.
+        Normalises each image as `self.normalization` says, then pads bottom and right
+        with zeros.
         """
         h, w = x.shape[-2:]
         if h > self.image_size or w > self.image_size:
@@ -68,7 +89,12 @@ class Sam(nn.Module):
                 f"image of size {h} x {w} is larger than the model input {self.image_size}; "
                 "resize it with ResizeLongestSide first"
             )
-        x = (x - self.pixel_mean) / self.pixel_std
+        if self.normalization == "min_max":
+            low = x.amin(dim=(-3, -2, -1), keepdim=True)
+            high = x.amax(dim=(-3, -2, -1), keepdim=True)
+            x = (x - low) / (high - low).clamp_min(MIN_MAX_EPS)
+        else:
+            x = (x - self.pixel_mean) / self.pixel_std
         return F.pad(x, (0, self.image_size - w, 0, self.image_size - h))
 
     def postprocess_masks(

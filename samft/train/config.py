@@ -24,7 +24,8 @@ class ModelConfig:
     """Which SAM to start from (Hydra group `model`)."""
 
     variant: str = "vit_b"
-    checkpoint: str | None = None
+    checkpoint: str | None = None  # a file, a transformers folder or known weights' name
+    weights_cache: str | None = None  # where known weights are cached (None: $SAMFT_CACHE)
     image_size: int | None = None
     activation_checkpointing: bool = False
     compile: bool | str = False  # torch.compile encoder and decoder; a string names the backend

@@ -80,7 +80,9 @@ class SamFineTuner(L.LightningModule):
             "activation_checkpointing": cfg.activation_checkpointing,
         }
         if cfg.checkpoint:
-            sam = load_sam(cfg.checkpoint, variant=cfg.variant, **kwargs)
+            sam = load_sam(
+                cfg.checkpoint, variant=cfg.variant, cache_dir=cfg.weights_cache, **kwargs
+            )
         else:
             sam = build_sam(cfg.variant, **kwargs)
         if self.finetune_config.image_encoder == "lora":

@@ -14,8 +14,15 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 # Parameters whose name contains one of these never get weight decay: position embeddings
-# (absolute and relative) and the learned prompt embeddings are lookup tables, not weights.
-NO_DECAY_NAME_PARTS = ("pos_embed", "rel_pos", "positional_encoding", "embed.weight")
+# (absolute and relative), TinyViT's attention biases and the learned prompt embeddings are
+# lookup tables, not weights.
+NO_DECAY_NAME_PARTS = (
+    "pos_embed",
+    "rel_pos",
+    "positional_encoding",
+    "embed.weight",
+    "attention_biases",  # TinyViT's learned attention biases
+)
 
 
 @dataclass

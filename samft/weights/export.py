@@ -24,6 +24,7 @@ from typing import Any
 import samft
 from samft.io.files import output_stem, prepare_output_dir, sha256_file, write_json_atomic
 from samft.model.registry import get_hyper_params
+from samft.weights.known import resolve_checkpoint
 from samft.weights.lightning import SIDECAR_FORMAT, final_validation_metrics, read_lightning_info
 from samft.weights.load import load_sam, read_sam_state_dict
 from samft.weights.save import save_sam
@@ -56,7 +57,7 @@ def export_checkpoint(
     """
     if format not in FORMATS:
         raise ValueError(f"export format={format!r}; expected one of {list(FORMATS)}")
-    checkpoint = Path(checkpoint)
+    checkpoint = resolve_checkpoint(checkpoint)
     stem = output_stem(output)
     prepare_output_dir(stem.parent, f"output={output}")
 
@@ -135,6 +136,7 @@ def build_sidecar(
         "format": SIDECAR_FORMAT,
         "variant": variant,
         "image_size": image_size,
+        "normalization": get_hyper_params(variant).normalization,
         "samft_version": samft.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": {

@@ -15,6 +15,7 @@ from samft.weights.read import read_state_dict
 from samft.weights.shapes import (
     PATCH_WEIGHT,
     POS_EMBED,
+    TINY_VIT_HEAD_KEYS,
     infer_image_size,
     infer_variant,
     resize_position_embeddings,
@@ -57,14 +58,15 @@ def _load_strict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str
 
 
 def read_sam_state_dict(
-    path: str | Path, variant: str | None = None
+    path: str | Path, variant: str | None = None, cache_dir: str | Path | None = None
 ) -> tuple[dict[str, Tensor], str]:
     """The SAM weights in `path` and their variant, for commands that take any checkpoint.
 
     A file that holds no SAM, or another variant than `variant`, is a CheckpointError that
-    names the file and the kinds of checkpoint samft reads.
+    names the file and the kinds of checkpoint samft reads. Known weights names are
+    fetched into `cache_dir` (see `samft.weights.known`).
     """
-    state_dict = read_state_dict(path)
+    state_dict = read_state_dict(path, cache_dir)
     try:
         found = infer_variant(state_dict)
     except CheckpointError as err:
@@ -82,14 +84,17 @@ def load_sam(
     variant: str | None = None,
     image_size: int | None = None,
     activation_checkpointing: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> Sam:
     """Build the SAM stored in `path` (eval mode).
 
-    `variant` None infers it from the tensor shapes; a given one must agree with the
-    file. `image_size` None keeps the size the weights were saved at; another size
-    resamples the position embeddings.
+    `path` is a checkpoint file, a transformers folder or the name of known weights
+    (`sam_vit_b`, `mobile_sam`, `litemedsam`, ...), fetched once into `cache_dir` (default
+    `$SAMFT_CACHE` or `~/.cache/samft`). `variant` None infers it from the tensor shapes;
+    a given one must agree with the file. `image_size` None keeps the size the weights
+    were saved at; another size resamples the position embeddings.
     """
-    state_dict = read_state_dict(path)
+    state_dict = read_state_dict(path, cache_dir)
     try:
         inferred: str | None = infer_variant(state_dict)
     except CheckpointError as err:
@@ -109,8 +114,22 @@ def load_sam(
     model = build_sam(requested, image_size=size, activation_checkpointing=activation_checkpointing)
     if POS_EMBED in state_dict and infer_image_size(state_dict) != model.image_size:
         state_dict = resize_position_embeddings(state_dict, size, _global_blocks(model))
-    _load_strict(model, state_dict, str(path))
+    _load_strict(model, _fit_classifier_head(state_dict, model), str(path))
     return model
+
+
+def _fit_classifier_head(state_dict: Mapping[str, Tensor], model: Sam) -> Mapping[str, Tensor]:
+    """MobileSAM's checkpoint holds an unused ImageNet classifier (`norm_head`, `head`)
+    that its model builds: keep the model's own (unused) buffers where a vit_t file lacks
+    them, and drop them from a file whose model has none."""
+    expected = model.state_dict()
+    out = dict(state_dict)
+    for key in TINY_VIT_HEAD_KEYS:
+        if key in expected and key not in out:
+            out[key] = expected[key]
+        elif key not in expected:
+            out.pop(key, None)
+    return out
 
 
 def _saved_size(state_dict: Mapping[str, Tensor], variant: str) -> int:

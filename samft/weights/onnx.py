@@ -59,10 +59,14 @@ ONNX_MISSING = (
 )
 
 
+def onnx_installed() -> bool:
+    return importlib.util.find_spec("onnx") is not None
+
+
 def require_onnx() -> None:
     """An ImportError with the install command when `onnx` is missing, before any tracing
     (torch only says "Module onnx is not installed!", after tracing the model)."""
-    if importlib.util.find_spec("onnx") is None:
+    if not onnx_installed():
         raise ImportError(ONNX_MISSING)
 
 

@@ -18,18 +18,21 @@ from torch import Tensor
 from samft.model.lora import has_lora_keys, merge_lora_state_dict
 from samft.weights import transformers_layout as hf
 from samft.weights.files import CheckpointError, is_tensor_dict, load_tensor_file
+from samft.weights.known import resolve_checkpoint
 
 SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 WRAPPER_PREFIXES = ("module.", "model.")
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+def read_state_dict(path: str | Path, cache_dir: str | Path | None = None) -> dict[str, Tensor]:
     """The SAM weights in `path`, in the official layout (keys and, if LoRA, merged).
 
-    A folder, or a file beside a SAM `config.json`, is read as a transformers `SamModel`
-    checkpoint (`samft.weights.transformers_layout`).
+    `path` may also name known weights (`sam_vit_b`, `litemedsam`, ...: see
+    `samft.weights.known`), fetched into `cache_dir` on first use. A folder, or a file
+    beside a SAM `config.json`, is read as a transformers `SamModel` checkpoint
+    (`samft.weights.transformers_layout`).
     """
-    path = Path(path)
+    path = resolve_checkpoint(path, cache_dir)
     if path.is_dir() or hf.is_transformers_checkpoint(path):  # a transformers SamModel
         return hf.read_transformers_checkpoint(path)
     container = load_tensor_file(path)

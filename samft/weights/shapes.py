@@ -14,6 +14,17 @@ from samft.weights.files import CheckpointError
 
 POS_EMBED = "image_encoder.pos_embed"
 PATCH_WEIGHT = "image_encoder.patch_embed.proj.weight"
+# TinyViT (MobileSAM, LiteMedSAM): its first MBConv block, and its stem's first conv, whose
+# kernel tells the families apart (3 x 3 stride 2: MobileSAM; 1 x 1 stride 1: LiteMedSAM)
+TINY_VIT_BLOCK = "image_encoder.layers.0.blocks.0.conv1.c.weight"
+TINY_VIT_STEM = "image_encoder.patch_embed.seq.0.c.weight"
+TINY_VIT_BY_STEM_KERNEL = {3: "vit_t", 1: "lite_medsam"}
+TINY_VIT_HEAD_KEYS = (
+    "image_encoder.norm_head.weight",
+    "image_encoder.norm_head.bias",
+    "image_encoder.head.weight",
+    "image_encoder.head.bias",
+)
 
 
 def _describe(state_dict: Mapping[str, Tensor]) -> dict[str, int]:
@@ -45,9 +56,11 @@ def _count_indexed(state_dict: Iterable[str], prefix: str) -> int:
 
 def infer_variant(state_dict: Mapping[str, Tensor]) -> str:
     """The registry variant whose architecture has these tensor shapes."""
+    if TINY_VIT_BLOCK in state_dict:
+        return _infer_tiny_vit(state_dict)
     found = _describe(state_dict)
     for name, hp in VARIANTS.items():
-        if all(getattr(hp, field) == value for field, value in found.items()):
+        if hp.encoder == "vit" and all(getattr(hp, f) == value for f, value in found.items()):
             return name
     raise CheckpointError(
         f"state dict matches no known SAM variant: it has {found}; known variants are "
@@ -55,8 +68,24 @@ def infer_variant(state_dict: Mapping[str, Tensor]) -> str:
     )
 
 
+def _infer_tiny_vit(state_dict: Mapping[str, Tensor]) -> str:
+    """`vit_t` or `lite_medsam`, from the stem's kernel size."""
+    stem = state_dict.get(TINY_VIT_STEM)
+    name = TINY_VIT_BY_STEM_KERNEL.get(int(stem.shape[-1])) if stem is not None else None
+    if name is None:
+        shape = None if stem is None else tuple(stem.shape)
+        raise CheckpointError(
+            f"state dict has a TinyViT encoder but its stem {TINY_VIT_STEM} has shape {shape}; "
+            "expected a 3 x 3 (MobileSAM, vit_t) or 1 x 1 (LiteMedSAM, lite_medsam) kernel"
+        )
+    return name
+
+
 def infer_image_size(state_dict: Mapping[str, Tensor]) -> int:
-    """The input size S the weights were saved for, from the position-embedding grid."""
+    """The input size S the weights were saved for: from the position-embedding grid of a
+    ViT; a TinyViT has none (it works at any multiple of its stride), so its variant's."""
+    if TINY_VIT_BLOCK in state_dict:
+        return get_hyper_params(_infer_tiny_vit(state_dict)).image_size
     try:
         return state_dict[POS_EMBED].shape[1] * state_dict[PATCH_WEIGHT].shape[-1]
     except KeyError as err:

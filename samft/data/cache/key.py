@@ -28,6 +28,7 @@ class CacheKey:
     image_size: int
     pixel_mean: tuple[float, ...]
     pixel_std: tuple[float, ...]
+    normalization: str = "mean_std"
     format_version: int = CACHE_FORMAT_VERSION
 
     def as_json(self) -> dict[str, Any]:
@@ -55,6 +56,7 @@ def cache_key(sam: nn.Module) -> CacheKey:
         image_size=int(sam.image_size),
         pixel_mean=tuple(float(v) for v in sam.pixel_mean.flatten()),
         pixel_std=tuple(float(v) for v in sam.pixel_std.flatten()),
+        normalization=str(getattr(sam, "normalization", "mean_std")),
     )
 
 

