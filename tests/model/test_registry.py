@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 import torch
@@ -43,13 +42,9 @@ def test_tiny_is_cheap():
     sam = build_sam("tiny")
     params = sum(p.numel() for p in sam.parameters())
     assert params < 2_000_000, params
-    x = torch.zeros(2, 3, 256, 256)
-    sam.image_encoder(x)  # warm-up
-    start = time.perf_counter()
     with torch.no_grad():
-        emb = sam.image_encoder(x)
+        emb = sam.image_encoder(torch.zeros(2, 3, 256, 256))
     assert emb.shape == (2, 128, 16, 16)
-    assert time.perf_counter() - start < 1.0
 
 
 def test_image_size_override_and_defaults():
