@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from samft.data.augment import build_augment
 from samft.data.cache import EmbeddingCache, cache_key, why_not_cached
+from samft.model.registry import get_hyper_params
 from samft.train.module import SamFineTuner
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,12 @@ def build_module(cfg: DictConfig) -> SamFineTuner:
 
 
 def build_datamodule(cfg: DictConfig, embedding_cache: EmbeddingCache | None = None):
+    """The datamodule of `cfg.data`, resizing images with the model family's filter."""
     return instantiate(
         cfg.data,
         prompts=instantiate(cfg.prompts),
         embedding_cache=embedding_cache,
+        resize_interpolation=get_hyper_params(cfg.model.variant).resize_interpolation,
         _convert_="all",
     )
 

@@ -55,6 +55,7 @@ class SamDataModule(L.LightningDataModule):
     Args:
         train, val, test: dataset specs (see module doc) or None for an absent split.
         image_size: the model's input size S.
+        resize_interpolation: the model family's image filter (`Sam.resize_interpolation`).
         batch_size: images per batch (each brings up to `max_objects_per_image` objects).
         num_workers: DataLoader worker processes.
         max_objects_per_image: K objects drawn per image and sample (None: all).
@@ -80,6 +81,7 @@ class SamDataModule(L.LightningDataModule):
         val: DatasetSpec | Reader | None = None,
         test: DatasetSpec | Reader | None = None,
         image_size: int = 1024,
+        resize_interpolation: str = "bilinear",
         batch_size: int = 2,
         num_workers: int = 0,
         max_objects_per_image: int | None = 16,
@@ -100,6 +102,7 @@ class SamDataModule(L.LightningDataModule):
             raise DataError(f"data.num_workers = {num_workers}; expected >= 0")
         self.specs = {"train": train, "val": val, "test": test}
         self.image_size = int(image_size)
+        self.resize_interpolation = resize_interpolation
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.max_objects_per_image = max_objects_per_image
@@ -139,6 +142,7 @@ class SamDataModule(L.LightningDataModule):
         dataset = SamDataset(
             build_reader(spec, f"data.{split}"),
             image_size=self.image_size,
+            resize_interpolation=self.resize_interpolation,
             prompts=self.prompts if train else self.val_prompts,
             augment=self.augment if train else None,
             max_objects_per_image=(

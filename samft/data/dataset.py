@@ -63,6 +63,8 @@ class SamDataset(Dataset):
     Args:
         reader: a CocoReader, Sa1bReader or FolderReader (or any `Reader`).
         image_size: the model's input size S; images are resized so max(h, w) == S.
+        resize_interpolation: the model family's image filter ("bilinear": SAM, MobileSAM;
+            "area": LiteMedSAM), see `samft.model.transforms.RESIZE_FILTERS`.
         prompts: how each object's prompt is drawn.
         augment: albumentations pipeline applied before the resize, or None.
         max_objects_per_image: K, objects drawn per sample (None: all).
@@ -79,6 +81,7 @@ class SamDataset(Dataset):
         self,
         reader: Reader,
         image_size: int = 1024,
+        resize_interpolation: str = "bilinear",
         prompts: PromptSampler | None = None,
         augment: A.BaseCompose | None = None,
         max_objects_per_image: int | None = 16,
@@ -96,6 +99,7 @@ class SamDataset(Dataset):
             raise DataError(f"max_area_fraction = {max_area_fraction}; expected in (0, 1]")
         self.reader = reader
         self.image_size = int(image_size)
+        self.resize_interpolation = resize_interpolation
         self.prompts = prompts if prompts is not None else PromptSampler()
         self.augment = augment
         self.max_objects = max_objects_per_image
@@ -175,7 +179,7 @@ class SamDataset(Dataset):
 
         original_size = image.shape[:2]
         areas = masks.reshape(len(masks), -1).sum(axis=1).astype(np.float32)
-        image = resize_image(image, self.image_size)
+        image = resize_image(image, self.image_size, self.resize_interpolation)
         masks = resize_masks(masks, self.image_size)
 
         prompts = [self.prompts.sample(mask, rng) for mask in masks]

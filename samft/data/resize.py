@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from samft.model.transforms import input_shape
+from samft.model.transforms import input_shape, resize_uint8
 
 
-def resize_image(image: np.ndarray, image_size: int) -> np.ndarray:
-    """H x W x 3 uint8 -> h x w x 3 uint8 in the input frame (PIL bilinear)."""
+def resize_image(image: np.ndarray, image_size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """H x W x 3 uint8 -> h x w x 3 uint8 in the input frame, with the model family's
+    filter (`Sam.resize_interpolation`: PIL bilinear for SAM, OpenCV area for LiteMedSAM)."""
     h, w = input_shape(image.shape[0], image.shape[1], image_size)
     if (h, w) == image.shape[:2]:
         return image
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    return resize_uint8(image, h, w, interpolation)
 
 
 def resize_masks(masks: np.ndarray, image_size: int) -> np.ndarray:

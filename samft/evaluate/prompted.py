@@ -29,6 +29,7 @@ from samft.data.prompts import PromptSampler, stable_seed
 from samft.data.readers import build_reader
 from samft.evaluate.report import CheckpointSummary, describe_checkpoint
 from samft.model.prompts import pad_tokens
+from samft.model.registry import get_hyper_params
 from samft.train.module import SamFineTuner
 
 log = logging.getLogger(__name__)
@@ -114,12 +115,14 @@ def build_evaluation_dataset(
     max_objects_per_image: int | None = None,
     max_images: int | None = None,
     name: str = "data",
+    resize_interpolation: str = "bilinear",
 ) -> EvaluationDataset:
     """The evaluation dataset of a dataset spec (`{"format": "coco", ...}`, see
     `samft.data.readers.build_reader`) at the model's input size."""
     base = SamDataset(
         build_reader(spec, name),
         image_size=image_size,
+        resize_interpolation=resize_interpolation,
         prompts=next(iter(samplers.values())),
         augment=None,
         max_objects_per_image=max_objects_per_image,
@@ -168,6 +171,7 @@ def evaluate_checkpoint(
         max_area_fraction=max_area_fraction,
         max_objects_per_image=max_objects_per_image,
         max_images=max_images,
+        resize_interpolation=get_hyper_params(summary.variant).resize_interpolation,
     )
     module = SamFineTuner(
         model={

@@ -22,7 +22,9 @@ class SamPredictor:
 
     def __init__(self, sam_model: Sam) -> None:
         self.model = sam_model
-        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.transform = ResizeLongestSide(
+            sam_model.image_encoder.img_size, getattr(sam_model, "resize_interpolation", "bilinear")
+        )
         self.reset_image()
 
     @property

@@ -32,6 +32,7 @@ class _SharedHyperParams:
 
     image_size: int = 1024
     normalization: str = "mean_std"  # `Sam.preprocess`: "mean_std" or "min_max"
+    resize_interpolation: str = "bilinear"  # image filter to the input frame: or "area"
     prompt_embed_dim: int = 256
     decoder_depth: int = 2
     decoder_mlp_dim: int = 2048
@@ -114,7 +115,11 @@ VARIANTS: dict[str, VariantHyperParams] = {
     ),
     "vit_t": TinyViTHyperParams(**_TINY_VIT_5M, stem="conv3x3_s2", with_head=True),
     "lite_medsam": TinyViTHyperParams(
-        **_TINY_VIT_5M, stem="conv1x1", image_size=256, normalization="min_max"
+        **_TINY_VIT_5M,
+        stem="conv1x1",
+        image_size=256,
+        normalization="min_max",
+        resize_interpolation="area",
     ),
 }
 
@@ -214,6 +219,7 @@ def build_sam(
         PIXEL_MEAN,
         PIXEL_STD,
         normalization=hp.normalization,
+        resize_interpolation=hp.resize_interpolation,
     )
     sam.eval()
     return sam

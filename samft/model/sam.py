@@ -41,7 +41,9 @@ class Sam(nn.Module):
     `pixel_mean` / `pixel_std` are non-persistent buffers (not in the state dict), as in
     the official model, so checkpoints stay interchangeable; they are used only when
     `normalization` is "mean_std" (see the module docstring). `normalization` is a plain
-    attribute, for code that must reproduce the preprocessing elsewhere (export sidecars).
+    attribute, for code that must reproduce the preprocessing elsewhere (export sidecars),
+    like `resize_interpolation`, the filter that brings an image to the input frame
+    (`samft.model.transforms.RESIZE_FILTERS`).
     """
 
     mask_threshold: float = 0.0
@@ -55,8 +57,10 @@ class Sam(nn.Module):
         pixel_mean: Sequence[float] = PIXEL_MEAN,
         pixel_std: Sequence[float] = PIXEL_STD,
         normalization: str = "mean_std",
+        resize_interpolation: str = "bilinear",
     ) -> None:
         super().__init__()
+        self.resize_interpolation = resize_interpolation
         if normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"unknown normalization '{normalization}'; expected one of {NORMALIZATIONS}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,11 +26,36 @@ def input_shape(height: int, width: int, image_size: int) -> tuple[int, int]:
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
-class ResizeLongestSide:
-    """Resize to long side `target_length`; coordinates are (x, y) pixels."""
+# How each family resizes a uint8 image to the input frame: SAM and MobileSAM through PIL's
+# bilinear filter (the official `ResizeLongestSide`), LiteMedSAM through OpenCV's area filter.
+RESIZE_FILTERS = ("bilinear", "area")
 
-    def __init__(self, target_length: int) -> None:
+
+def resize_uint8(image: np.ndarray, height: int, width: int, interpolation: str) -> np.ndarray:
+    """`H x W x C` (or `H x W`) uint8 -> `height x width (x C)` uint8 with the family's
+    filter (`RESIZE_FILTERS`)."""
+    if interpolation == "area":
+        resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        return resized[..., None] if image.ndim == 3 and resized.ndim == 2 else resized
+    if interpolation != "bilinear":
+        raise ValueError(
+            f"unknown resize interpolation {interpolation!r}; expected {RESIZE_FILTERS}"
+        )
+    single_channel = image.ndim == 3 and image.shape[2] == 1
+    pil = Image.fromarray(np.ascontiguousarray(image[..., 0] if single_channel else image))
+    resized = np.array(pil.resize((width, height), Image.BILINEAR))
+    return resized[..., None] if single_channel else resized
+
+
+class ResizeLongestSide:
+    """Resize to long side `target_length`; coordinates are (x, y) pixels.
+
+    `interpolation` is the model family's image filter (`Sam.resize_interpolation`).
+    """
+
+    def __init__(self, target_length: int, interpolation: str = "bilinear") -> None:
         self.target_length = int(target_length)
+        self.interpolation = interpolation
 
     @staticmethod
     def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
@@ -44,17 +70,14 @@ class ResizeLongestSide:
 
     # ------------------------------------------------------------------ numpy
     def apply_image(self, image: np.ndarray) -> np.ndarray:
-        """`H x W x C` (or `H x W`) uint8 -> `h x w x C` uint8, PIL bilinear."""
+        """`H x W x C` (or `H x W`) uint8 -> `h x w x C` uint8 (PIL bilinear by default)."""
         if image.dtype != np.uint8:
             raise ValueError(
                 f"apply_image expects a uint8 H x W x C image, got dtype {image.dtype}; "
                 "use apply_image_torch for float images"
             )
         h, w = self.get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
-        single_channel = image.ndim == 3 and image.shape[2] == 1
-        pil = Image.fromarray(np.ascontiguousarray(image[..., 0] if single_channel else image))
-        resized = np.array(pil.resize((w, h), Image.BILINEAR))
-        return resized[..., None] if single_channel else resized
+        return resize_uint8(image, h, w, self.interpolation)
 
     def apply_coords(self, coords: np.ndarray, original_size: Sequence[int]) -> np.ndarray:
         """`... x 2` (x, y) in the original frame -> float64, input frame."""

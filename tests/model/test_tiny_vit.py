@@ -21,6 +21,7 @@ from reference_tinyvit import (
 )
 from torch import nn
 
+from samft.infer.predictor import SamPredictor
 from samft.model.lora import LoRALinear, apply_lora, merge_lora
 from samft.model.registry import VARIANTS, build_sam
 from samft.model.tiny_vit import TinyViT
@@ -219,6 +220,22 @@ def test_real_lite_medsam_weights_match_reference(lite, ct_organs):
     pred = (logits[:, 0] > 0).numpy()
     dice = 2 * (pred & truth).sum((1, 2)) / (pred.sum((1, 2)) + truth.sum((1, 2)))
     assert (dice > 0.8).all(), dice
+
+    # the predictor, from the original image and original-frame boxes, does the same: the
+    # variant's own resize (OpenCV area), min-max scaling, padding and postprocessing
+    predictor = SamPredictor(ours)
+    predictor.set_image(original)
+    assert predictor.transform.interpolation == "area"
+    torch.testing.assert_close(predictor.features, want, atol=ATOL, rtol=0)
+    # boxes in the original frame that land exactly on the reference's input-frame boxes
+    # (samft scales x and y separately, as SAM does; LiteMedSAM's script scales both by
+    # 256 / max(H, W) and floors: the two differ by under a pixel)
+    scale = np.array([w / W, h / H, w / W, h / H])
+    for k in range(len(organs)):
+        box = record["boxes"][k].numpy().astype(np.float64) / scale
+        masks, scores, _ = predictor.predict(box=box, multimask_output=False, return_logits=True)
+        np.testing.assert_allclose(masks[0], ref_logits[k, 0].numpy(), atol=1e-3)
+        np.testing.assert_allclose(scores[0], ref_iou[k, 0].item(), atol=1e-4)
 
 
 # ------------------------------------------------------------------ training behaviour

@@ -29,6 +29,7 @@ class CacheKey:
     pixel_mean: tuple[float, ...]
     pixel_std: tuple[float, ...]
     normalization: str = "mean_std"
+    resize_interpolation: str = "bilinear"
     format_version: int = CACHE_FORMAT_VERSION
 
     def as_json(self) -> dict[str, Any]:
@@ -57,6 +58,7 @@ def cache_key(sam: nn.Module) -> CacheKey:
         pixel_mean=tuple(float(v) for v in sam.pixel_mean.flatten()),
         pixel_std=tuple(float(v) for v in sam.pixel_std.flatten()),
         normalization=str(getattr(sam, "normalization", "mean_std")),
+        resize_interpolation=str(getattr(sam, "resize_interpolation", "bilinear")),
     )
 
 

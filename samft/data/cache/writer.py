@@ -95,7 +95,9 @@ def build_cache(
         images = [
             torch.from_numpy(
                 np.ascontiguousarray(
-                    resize_image(orient(job.load(), orientation), key.image_size).transpose(2, 0, 1)
+                    resize_image(
+                        orient(job.load(), orientation), key.image_size, key.resize_interpolation
+                    ).transpose(2, 0, 1)
                 )
             )
             for job, orientation, _ in chunk
