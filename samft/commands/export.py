@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 
 @hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="export")
 def main(cfg: DictConfig) -> None:
+    if cfg.format == "onnx":
+        from samft.weights.onnx import require_onnx
+
+        require_onnx()  # before reading the checkpoint: the install command, not torch's error
     written = export_checkpoint(
         cfg.checkpoint,
         cfg.output,

@@ -62,9 +62,13 @@ def test_eval_two_checkpoints_side_by_side(original, run, ct_organs, tmp_path, c
     row = next(line for line in table.splitlines() if line.startswith("miou/click_3 "))
     assert row.split()[1:3] == [f"{a['miou/click_3']:.4f}", f"{b['miou/click_3']:.4f}"]
     assert report["settings"]["split"] == "val" and report["settings"]["clicks"] == [1, 3]
+    # the footer says what the rows are and why they differ from training's val/miou
+    assert f"data: data.val from the command line: format=coco, annotations={ct_organs}" in table
+    assert "click_N rows: after N simulated centre correction clicks" in table
+    assert "single-mask output" in table and "Training's val/miou differs" in table
 
 
-def test_eval_takes_the_data_of_the_training_run(run, ct_organs, tmp_path):
+def test_eval_takes_the_data_of_the_training_run(run, ct_organs, tmp_path, capsys):
     main(
         [
             "samft",
@@ -80,6 +84,40 @@ def test_eval_takes_the_data_of_the_training_run(run, ct_organs, tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["settings"]["dataset"]["annotations"] == str(ct_organs / "annotations.json")
     assert report["checkpoints"][0]["metrics"]["num_objects"] > 0
+    # ... and says so, in the log and above the table's notes, naming the data
+    used = f"data.val of the training run ({run.parent.parent / '.hydra' / 'config.yaml'})"
+    (log_file,) = (tmp_path / "outputs").rglob("*.log")  # Hydra's job log
+    assert f"data.val not given: scoring {used}" in log_file.read_text()
+    table = capsys.readouterr().out
+    assert f"data: {used}: format=coco, annotations={ct_organs / 'annotations.json'}" in table
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        (["data.val.annotations=a.json"], "data.val.images not set: data.val.annotations is given"),
+        (["data.val.images=imgs"], "data.val.annotations not set: data.val.images is given"),
+        (
+            ["data=folder", "data.val.masks=m"],
+            "data.val.images not set: data.val.masks is given",
+        ),
+    ],
+)
+def test_eval_with_a_split_given_in_part_is_an_error(run, given, missing, capsys):
+    """Even with a training run to fall back on: scoring other data would be silent."""
+    with pytest.raises(SystemExit):
+        main(["samft", "eval", f"checkpoint={run}", "trainer=cpu", *given])
+    err = capsys.readouterr().err
+    assert missing in err and "must be given in full" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_eval_with_trainer_gpu_without_a_gpu_suggests_trainer_cpu(original, ct_organs, capsys):
+    with pytest.raises(SystemExit):
+        main(["samft", "eval", f"checkpoint={original}", *data_args(ct_organs), "trainer=gpu"])
+    err = capsys.readouterr().err
+    assert "trainer.accelerator=gpu but no CUDA GPU is available" in err
+    assert "use trainer=cpu" in err
 
 
 def test_eval_without_data_says_which_keys_to_set(original, capsys):

@@ -1,0 +1,75 @@
+"""Clear errors for a GPU asked for on a machine without one, before anything is built.
+
+Lightning's own message for `accelerator=gpu` without CUDA ("CUDAAccelerator can not run on
+your system since the accelerator is not available") names neither the config key nor the
+way out; torch's for `device=cuda` comes from deep inside the first `.to()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+# Lightning accelerator names that need CUDA (or ROCm, which torch reports as cuda too).
+CUDA_ACCELERATORS = ("gpu", "cuda")
+MPS_ACCELERATORS = ("mps",)
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def check_accelerator(trainer_cfg: Mapping[str, Any] | None) -> None:
+    """Raise a ValueError when `trainer.accelerator` asks for a GPU this machine lacks.
+
+    `auto`, `cpu`, a missing key and accelerator objects pass; `gpu` / `cuda` need
+    `torch.cuda.is_available()`, `mps` Apple's backend.
+    """
+    if not trainer_cfg:
+        return
+    accelerator = trainer_cfg.get("accelerator")
+    if not isinstance(accelerator, str):
+        return
+    name = accelerator.lower()
+    if name in CUDA_ACCELERATORS and not torch.cuda.is_available():
+        raise ValueError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is available on this machine "
+            "(torch.cuda.is_available() is False); use trainer=cpu (or "
+            "trainer.accelerator=auto), or install a CUDA build of torch"
+        )
+    if name in MPS_ACCELERATORS and not _mps_available():
+        raise ValueError(
+            f"trainer.accelerator={accelerator} but Apple's MPS backend is not available on "
+            "this machine; use trainer=cpu (or trainer.accelerator=auto)"
+        )
+
+
+def check_device(device: str | None, key: str = "device") -> None:
+    """Raise a ValueError when `<key>=cuda[:N]` / `mps` names a device this machine lacks.
+
+    `auto`, `cpu` and None pass. `key` is the config key named in the message.
+    """
+    if device is None:
+        return
+    name = str(device).lower()
+    kind, _, index = name.partition(":")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{key}={device} but no CUDA GPU is available on this machine "
+                f"(torch.cuda.is_available() is False); use {key}=cpu or {key}=auto"
+            )
+        if index.isdigit() and int(index) >= torch.cuda.device_count():
+            raise ValueError(
+                f"{key}={device} but this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1}); use {key}=cuda "
+                f"or {key}=auto"
+            )
+    elif kind == "mps" and not _mps_available():
+        raise ValueError(
+            f"{key}={device} but Apple's MPS backend is not available on this machine; "
+            f"use {key}=cpu or {key}=auto"
+        )
