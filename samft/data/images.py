@@ -59,13 +59,20 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 def read_label_map(path: str | Path) -> np.ndarray:
-    """Read a mask or label PNG as an H x W integer map (values are ids, not colours).
+    """Read a mask or label PNG/TIFF as an H x W integer map (values are ids, not colours).
 
     Palette images give their palette indices (VOC style). RGB(A) label images are read as
     id = R + 256 * G + 256^2 * B, the COCO panoptic convention. 16-bit maps keep their values.
+    JPEG files are refused whatever their name: compression changes the values at edges.
+    Float TIFF maps must hold whole numbers.
     """
     path = Path(path)
     image = _open(path, "mask")
+    if image.format in ("JPEG", "MPO"):
+        raise DataError(
+            f"mask file {path} is a JPEG: lossy compression changes label values at object "
+            "edges, so the masks cannot be trusted; save masks as PNG or TIFF"
+        )
     if image.mode == "1":
         return np.asarray(image, dtype=np.uint8)
     if image.mode in ("RGB", "RGBA"):
@@ -76,6 +83,11 @@ def read_label_map(path: str | Path) -> np.ndarray:
     values = np.asarray(image)
     if values.ndim != 2:
         raise DataError(f"mask file {path} has mode {image.mode}; expected a one-channel map")
+    if values.dtype.kind == "f" and not (np.isfinite(values) & (values == np.round(values))).all():
+        raise DataError(
+            f"mask file {path} holds fractional or non-finite values; a label map needs whole "
+            "numbers (ids or classes)"
+        )
     return values.astype(np.int64)
 
 

@@ -5,6 +5,7 @@ so each reader is tested as the inverse of a writer on real data."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,29 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+
+@pytest.fixture
+def memory_cap():
+    """Cap this process's address space at its current size + 4 GiB for one test, so that
+    a regression letting pycocotools allocate tens of GB fails the test (a MemoryError or
+    a crash of this process) instead of waking the kernel's OOM killer. Linux only."""
+    try:
+        import resource
+
+        pages = int(Path("/proc/self/statm").read_text().split()[0])
+    except (ImportError, OSError):
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = pages * os.sysconf("SC_PAGE_SIZE") + 4 * 2**30
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 @dataclass

@@ -78,7 +78,7 @@ def test_malformed_json(coco_copy, sa1b_dir, tmp_path):
 def test_json_without_required_keys(coco_copy):
     root, data = coco_copy
     del data["images"][2]["height"]
-    with pytest.raises(DataError, match=r"ann\.json: images\[2\]: missing key 'height'"):
+    with pytest.raises(DataError, match=r"ann\.json: images\[2\] \(id 3\): missing key 'height'"):
         CocoReader(_write(root / "ann.json", data))
 
 

@@ -55,7 +55,9 @@ def test_shapes_and_padding():
     assert batch.prompts.coords[2, :2].tolist() == [[5.0, 6.0], [30.0, 20.0]]
     assert batch.prompt_types.tolist() == [PROMPT_ONE_POINT, PROMPT_POINTS, PROMPT_BOX]
     assert batch.prompts.mask_inputs.shape == (3, 1, 16, 16)
-    assert batch.prompts.mask_inputs[:2].abs().sum() == 0 and (batch.prompts.mask_inputs[2] == 4).all()
+    assert (
+        batch.prompts.mask_inputs[:2].abs().sum() == 0 and (batch.prompts.mask_inputs[2] == 4).all()
+    )
     assert batch.prompts.has_mask_input.tolist() == [False, False, True]
     assert batch.object_areas.tolist() == [10.0, 11.0, 10.0]
     assert batch.prompts.labels.dtype == torch.long

@@ -3,18 +3,57 @@
 Crowd annotations (`iscrowd: 1`) mark groups of objects that were not separated, so no
 single object can be prompted in them. They are indexed with `iscrowd=True` and the object
 filter drops them with the reason "crowd", which the dataset statistics report.
+
+The JSON is checked while it is indexed (`validate.py`, `rle.py`): required keys, unique
+image and annotation ids, image sizes, polygon coordinates, boxes and RLE counts, so that a
+bad value is a DataError naming the file and the entry, never a crash inside pycocotools.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from samft.data.errors import DataError
 from samft.data.readers.base import ImageRecord, ObjectRecord, Reader, load_json, require
-from samft.data.readers.rle import decode_rles, rle_area, to_rle
+from samft.data.readers.rle import counts_strings, decode_rles, to_rle
+from samft.data.readers.rle_counts import summarize_counts
+from samft.data.readers.validate import (
+    as_int,
+    check_area,
+    check_bbox,
+    check_id,
+    check_image_size,
+)
+
+
+def read_categories(data: dict, path: Path) -> dict[int, str]:
+    """Category id -> name of a COCO file's optional `categories` list."""
+    categories = data.get("categories", [])
+    if not isinstance(categories, list):
+        raise DataError(f"{path}: 'categories' must be a JSON list")
+    names: dict[int, str] = {}
+    for i, category in enumerate(categories):
+        where = f"{path}: categories[{i}]"
+        value = require(category, "id", where)
+        category_id = as_int(value)
+        if category_id is None:
+            raise DataError(f"{where}: id is {value!r}; expected an integer")
+        if category_id in names:
+            raise DataError(f"{where}: category id {category_id} is used twice; ids must be unique")
+        names[category_id] = str(category.get("name", category_id))
+    return names
+
+
+def _category_id(ann: dict, where: str) -> int:
+    value = ann.get("category_id", -1)
+    category_id = as_int(value)
+    if category_id is None:
+        raise DataError(f"{where}: category_id is {value!r}; expected an integer")
+    return category_id
 
 
 class CocoReader(Reader):
@@ -47,50 +86,76 @@ class CocoReader(Reader):
         annotations = require(data, "annotations", str(path))
         if not isinstance(images, list) or not isinstance(annotations, list):
             raise DataError(f"{path}: 'images' and 'annotations' must be JSON lists")
-        for category in data.get("categories", []):
-            self.categories[int(category["id"])] = str(category.get("name", category["id"]))
-
-        by_id: dict[int, ImageRecord] = {}
-        for i, image in enumerate(images):
-            where = f"{path}: images[{i}]"
-            image_id = require(image, "id", where)
-            if self.split is not None and image.get("split") != self.split:
-                continue
-            file_path = self.images / str(require(image, "file_name", where))
-            if not file_path.is_file():
-                raise DataError(f"{where} (id {image_id}): image file not found: {file_path}")
-            by_id[image_id] = ImageRecord(
-                image_id=str(image_id),
-                path=file_path,
-                height=int(require(image, "height", where)),
-                width=int(require(image, "width", where)),
-                source=path,
-            )
-        known_ids = {image.get("id") for image in images if isinstance(image, dict)}
-        if self.split is not None and not by_id:
+        self.categories = read_categories(data, path)
+        by_id = self._scan_images(images)
+        if self.split is not None and all(record is None for record in by_id.values()):
             raise DataError(f'{path}: no image has "split": {self.split!r}')
 
+        first_index: dict[Any, int] = {}
+        summaries = summarize_counts(counts_strings(annotations))  # all RLE strings at once
         for i, ann in enumerate(annotations):
             ann_id = ann.get("id") if isinstance(ann, dict) else "?"
             where = f"{path}: annotations[{i}] (id {ann_id})"
-            image_id = require(ann, "image_id", where)
-            if image_id not in known_ids:
+            image_id = check_id(require(ann, "image_id", where), "image_id", where)
+            if ann_id is not None:
+                check_id(ann_id, "id", where)
+                if ann_id in first_index:
+                    raise DataError(
+                        f"{where}: annotation id {ann_id} is also annotations"
+                        f"[{first_index[ann_id]}]'s; give each annotation its own id"
+                    )
+                first_index[ann_id] = i
+            if image_id not in by_id:
                 raise DataError(f"{where} points at image_id {image_id}, which is not in 'images'")
-            record = by_id.get(image_id)
+            record = by_id[image_id]
             if record is None:  # the image belongs to another split
                 continue
-            rle = to_rle(require(ann, "segmentation", where), record.height, record.width, where)
+            segmentation = require(ann, "segmentation", where)
+            h, w = record.height, record.width
+            if "bbox" in ann:
+                check_bbox(ann["bbox"], h, w, where)
+            rle, area = to_rle(segmentation, h, w, where, summaries[i])
+            if isinstance(segmentation, dict) and "area" in ann:
+                check_area(ann["area"], area, where)  # polygons' area is not the pixel count
             record.objects.append(
                 ObjectRecord(
-                    area=rle_area(rle),
-                    category_id=int(ann.get("category_id", -1)),
+                    area=area,
+                    category_id=_category_id(ann, where),
                     iscrowd=bool(ann.get("iscrowd", 0)),
                     key=rle,
                 )
             )
-        return list(by_id.values())
+        return [record for record in by_id.values() if record is not None]
+
+    def _scan_images(self, images: list) -> dict[Any, ImageRecord | None]:
+        """Image id -> record, or None for the images of another split."""
+        path = self.annotations
+        by_id: dict[Any, ImageRecord | None] = {}
+        first_index: dict[Any, int] = {}
+        for i, image in enumerate(images):
+            where = f"{path}: images[{i}]"
+            image_id = check_id(require(image, "id", where), "id", where)
+            if image_id in first_index:
+                raise DataError(
+                    f"{where}: image id {image_id} is also images[{first_index[image_id]}]'s; "
+                    "their annotations could not be told apart: give each image its own id"
+                )
+            first_index[image_id] = i
+            where = f"{where} (id {image_id})"
+            if self.split is not None and image.get("split") != self.split:
+                by_id[image_id] = None
+                continue
+            file_path = self.images / str(require(image, "file_name", where))
+            if not file_path.is_file():
+                raise DataError(f"{where}: image file not found: {file_path}")
+            height, width = check_image_size(image, where)
+            by_id[image_id] = ImageRecord(
+                image_id=str(image_id), path=file_path, height=height, width=width, source=path
+            )
+        return by_id
 
     def load_masks(self, record: ImageRecord, indices: Sequence[int]) -> np.ndarray:
         """N x H x W bool masks of the chosen objects."""
         rles = [record.objects[i].key for i in indices]
-        return decode_rles(rles, record.height, record.width)
+        where = f"{record.source}: image id {record.image_id}"
+        return decode_rles(rles, record.height, record.width, where)

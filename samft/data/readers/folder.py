@@ -2,19 +2,30 @@
 
 `mask_type` says how the `masks` folder describes the objects of `images/<stem>.<ext>`:
 
-- "instance": `masks/<stem><suffix>.png`, one integer id per object (0 = background);
-- "per_object": one binary PNG per object, either `masks/<stem>/*.png` or
+- "instance": `masks/<stem><suffix>.png` (or .tif), one integer id per object (0 =
+  background);
+- "per_object": one binary mask per object, either `masks/<stem>/*.png` or
   `masks/<stem>_*.png` (when image stems prefix each other, a file goes to the longest);
-- "semantic": `masks/<stem><suffix>.png`, one class value per pixel; each class
+- "semantic": `masks/<stem><suffix>.png` (or .tif), one class value per pixel; each class
   ("classes") or each 8-connected region of a class ("components") becomes an object.
 
-Values in `background` are never objects; `ignore_index` (255 by default, VOC's "void")
-marks unlabelled pixels. A mask file that matches no image is an error, like a COCO
-annotation pointing at a missing image.
+Masks may be PNG, TIFF (8/16/32-bit) or BMP; JPEG/WebP masks are refused by name, as lossy
+compression changes label values (`folder_files.py`). Values in `background` are never
+objects; `ignore_index` (255 by default, VOC's "void") marks unlabelled pixels.
+
+Binary 0/255 maps: a map whose only value besides background is 255 is a binary mask saved
+the usual way, and its 255 region is read as the object (instance: one object; semantic:
+class 255) even though 255 is `ignore_index`: otherwise every such image would silently
+lose its object. That holds unless some other map of the dataset uses 255 beside object ids
+(VOC-style void borders): then 255 is void everywhere and a 0/255 map has no objects.
+
+A mask file that matches no image is an error, like a COCO annotation pointing at a missing
+image; a missing label map is an error that names the layout found instead.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +35,9 @@ import numpy as np
 from samft.data.errors import DataError
 from samft.data.images import image_size, read_label_map
 from samft.data.readers.base import ImageRecord, ObjectRecord, Reader
+from samft.data.readers.folder_files import map_files, per_object_files
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_TYPES = ("instance", "per_object", "semantic")
@@ -43,15 +57,18 @@ class FolderReader(Reader):
 
     Args:
         images: folder of images (jpg, png, bmp, tif, webp); the file stem is the image id.
-        masks: folder of mask files.
+        masks: folder of mask files (png, tif, bmp).
         mask_type: "instance", "per_object" or "semantic".
         semantic_objects: for "semantic": "components" or "classes".
         background: label values that are not objects.
-        ignore_index: label value of unlabelled pixels, or None.
-        mask_suffix: for "instance" and "semantic": mask file = `<stem><mask_suffix>.png`.
+        ignore_index: label value of unlabelled pixels, or None. A 0/255 binary map still
+            reads 255 as its object (see module doc).
+        mask_suffix: for "instance" and "semantic": mask file = `<stem><mask_suffix>.png`
+            (or .tif, .tiff, .bmp).
     """
 
     format = "folder"
+    BINARY_VALUE = 255
 
     def __init__(
         self,
@@ -78,18 +95,26 @@ class FolderReader(Reader):
             if not folder.is_dir():
                 raise DataError(f"folder dataset: {name} folder not found: {folder}")
         self.mask_type, self.semantic_objects = mask_type, semantic_objects
-        self.not_objects = {int(v) for v in background}
+        self.background = {int(v) for v in background}
+        self.not_objects = set(self.background)
         if ignore_index is not None:
             self.not_objects.add(int(ignore_index))
+        # 255 may be a binary mask's object rather than void (module doc)
+        self._binary_possible = ignore_index == self.BINARY_VALUE and (
+            self.BINARY_VALUE not in self.background
+        )
         self.mask_suffix = mask_suffix
+        self.binary_maps = 0  # 0/255 maps whose 255 region was read as an object
         image_paths = self._image_paths()
         if mask_type == "per_object":
-            mask_files = self._per_object_files(image_paths)
+            mask_files = per_object_files(image_paths, self.images, self.masks)
+            self.records = [
+                self._scan_per_object(stem, path, mask_files[stem])
+                for stem, path in image_paths.items()
+            ]
         else:
-            mask_files = self._map_files(image_paths)
-        self.records = [
-            self._scan(stem, path, mask_files[stem]) for stem, path in image_paths.items()
-        ]
+            maps = map_files(image_paths, self.images, self.masks, mask_suffix, mask_type)
+            self.records = self._scan_maps(image_paths, maps)
 
     def _image_paths(self) -> dict[str, Path]:
         paths: dict[str, Path] = {}
@@ -103,35 +128,6 @@ class FolderReader(Reader):
             paths[path.stem] = path
         return paths
 
-    def _map_files(self, image_paths: dict[str, Path]) -> dict[str, list[Path]]:
-        """One label map per image; every map must belong to an image."""
-        ending = f"{self.mask_suffix}.png"
-        expected = {stem: self.masks / f"{stem}{ending}" for stem in image_paths}
-        for stem, path in expected.items():
-            if not path.is_file():
-                raise DataError(f"mask file not found for image {image_paths[stem]}: {path}")
-        owned = set(expected.values())
-        for path in sorted(self.masks.glob(f"*{ending}")):
-            if path not in owned:
-                raise DataError(f"mask file {path} matches no image in {self.images}")
-        return {stem: [path] for stem, path in expected.items()}
-
-    def _per_object_files(self, image_paths: dict[str, Path]) -> dict[str, list[Path]]:
-        """Binary masks per image from `<stem>/` subfolders or `<stem>_*.png` names."""
-        files: dict[str, list[Path]] = {stem: [] for stem in image_paths}
-        by_length = sorted(image_paths, key=len, reverse=True)
-        for path in sorted(self.masks.iterdir()):
-            if path.is_dir():
-                if path.name not in files:
-                    raise DataError(f"mask folder {path} matches no image in {self.images}")
-                files[path.name].extend(sorted(path.glob("*.png")))
-            elif path.suffix.lower() == ".png":
-                owner = next((s for s in by_length if path.name.startswith(f"{s}_")), None)
-                if owner is None:
-                    raise DataError(f"mask file {path} matches no image in {self.images}")
-                files[owner].append(path)
-        return files
-
     def _check_size(self, mask: np.ndarray, mask_path: Path, image_path: Path, hw: tuple) -> None:
         if mask.shape != hw:
             raise DataError(
@@ -139,34 +135,71 @@ class FolderReader(Reader):
                 f"{image_path} is {hw[0]}x{hw[1]}"
             )
 
-    def _scan(self, stem: str, image_path: Path, mask_paths: list[Path]) -> ImageRecord:
+    def _scan_per_object(self, stem: str, image_path: Path, paths: list[Path]) -> ImageRecord:
         hw = image_size(image_path)
         record = ImageRecord(image_id=stem, path=image_path, height=hw[0], width=hw[1])
-        if self.mask_type == "per_object":
-            for path in mask_paths:
-                binary = read_label_map(path) > 0
-                self._check_size(binary, path, image_path, hw)
-                record.objects.append(ObjectRecord(area=int(binary.sum()), key=path))
-            return record
-        (path,) = mask_paths
-        record.source = path
-        labels = read_label_map(path)
-        self._check_size(labels, path, image_path, hw)
-        values, counts = np.unique(labels, return_counts=True)
-        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
-            if value in self.not_objects:
-                continue
-            if self.mask_type == "instance":
-                record.objects.append(ObjectRecord(area=count, key=value))
-            elif self.semantic_objects == "classes":
-                record.objects.append(ObjectRecord(area=count, category_id=value, key=value))
-            else:
-                _, areas = _components(labels == value)
-                for k, area in enumerate(areas.tolist(), start=1):
-                    record.objects.append(
-                        ObjectRecord(area=int(area), category_id=value, key=(value, k))
-                    )
+        for path in paths:
+            binary = read_label_map(path) > 0
+            self._check_size(binary, path, image_path, hw)
+            record.objects.append(ObjectRecord(area=int(binary.sum()), key=path))
         return record
+
+    def _scan_maps(self, image_paths: dict[str, Path], maps: dict[str, Path]) -> list[ImageRecord]:
+        """Index every label map; 255 regions of 0/255 maps are kept aside until all maps
+        are seen, then become objects unless another map uses 255 as void."""
+        records, binary = [], []
+        void_example: Path | None = None
+        for stem, image_path in image_paths.items():
+            hw = image_size(image_path)
+            path = maps[stem]
+            record = ImageRecord(stem, image_path, hw[0], hw[1], source=path)
+            labels = read_label_map(path)
+            self._check_size(labels, path, image_path, hw)
+            values, counts = np.unique(labels, return_counts=True)
+            found = dict(zip(values.tolist(), counts.tolist(), strict=True))
+            for value, count in found.items():
+                if value not in self.not_objects:
+                    record.objects.extend(self._objects_of(labels, value, count))
+            if self._binary_possible and self.BINARY_VALUE in found:
+                if set(found) - self.background == {self.BINARY_VALUE}:
+                    objects = self._objects_of(labels, self.BINARY_VALUE, found[self.BINARY_VALUE])
+                    binary.append((record, objects))
+                else:
+                    void_example = void_example or path
+            records.append(record)
+        if binary and void_example is None:
+            for record, objects in binary:
+                record.objects.extend(objects)
+            self.binary_maps = len(binary)
+            log.info(
+                "%s: %d mask files hold only 0 and 255 (e.g. %s): read 255 as the object, "
+                "not as ignore_index",
+                self.masks,
+                len(binary),
+                binary[0][0].source,
+            )
+        elif binary:
+            log.info(
+                "%s: 255 is void (ignore_index) as in %s, so %d maps holding only 0 and 255 "
+                "(e.g. %s) have no objects",
+                self.masks,
+                void_example,
+                len(binary),
+                binary[0][0].source,
+            )
+        return records
+
+    def _objects_of(self, labels: np.ndarray, value: int, count: int) -> list[ObjectRecord]:
+        """The objects that label `value` (covering `count` pixels) stands for."""
+        if self.mask_type == "instance":
+            return [ObjectRecord(area=count, key=value)]
+        if self.semantic_objects == "classes":
+            return [ObjectRecord(area=count, category_id=value, key=value)]
+        _, areas = _components(labels == value)
+        return [
+            ObjectRecord(area=int(area), category_id=value, key=(value, k))
+            for k, area in enumerate(areas.tolist(), start=1)
+        ]
 
     def load_masks(self, record: ImageRecord, indices: Sequence[int]) -> np.ndarray:
         """N x H x W bool masks of the chosen objects."""

@@ -1,7 +1,9 @@
 """SA-1B: one JSON per image (`{"image": {...}, "annotations": [...]}`) with RLE masks.
 
 SA-1B images carry about a hundred masks each, so their RLE strings are not kept in
-memory: the index holds only the areas, and a sample re-reads its image's JSON.
+memory: the index holds only the areas, and a sample re-reads its image's JSON. Indexing
+checks each file like the COCO reader does (image size, RLE counts against H*W, `area`
+against the RLE, `bbox`), so a corrupt mask is a DataError naming file and annotation.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import numpy as np
 
 from samft.data.errors import DataError
 from samft.data.readers.base import ImageRecord, ObjectRecord, Reader, load_json, require
-from samft.data.readers.rle import decode_rles, rle_area, to_rle
+from samft.data.readers.rle import counts_strings, decode_rles, to_rle
+from samft.data.readers.rle_counts import summarize_counts
+from samft.data.readers.validate import check_area, check_bbox, check_image_size
 
 
 class Sa1bReader(Reader):
@@ -48,18 +52,30 @@ class Sa1bReader(Reader):
         file_path = self.images / str(require(image, "file_name", where))
         if not file_path.is_file():
             raise DataError(f"{path}: image file not found: {file_path}")
+        height, width = check_image_size(image, where)
         record = ImageRecord(
             image_id=str(image.get("image_id", path.stem)),
             path=file_path,
-            height=int(require(image, "height", where)),
-            width=int(require(image, "width", where)),
+            height=height,
+            width=width,
             source=path,
         )
+        summaries = summarize_counts(counts_strings(annotations))  # all RLE strings at once
         for i, ann in enumerate(annotations):
-            where = f"{path}: annotations[{i}]"
-            rle = to_rle(require(ann, "segmentation", where), record.height, record.width, where)
-            record.objects.append(ObjectRecord(area=rle_area(rle), key=i))
+            where = self._where(path, i, ann)
+            segmentation = require(ann, "segmentation", where)
+            _, area = to_rle(segmentation, height, width, where, summaries[i])
+            if "area" in ann:
+                check_area(ann["area"], area, where)
+            if "bbox" in ann:
+                check_bbox(ann["bbox"], height, width, where)
+            record.objects.append(ObjectRecord(area=area, key=i))
         return record
+
+    @staticmethod
+    def _where(path: Path, index: int, ann: object) -> str:
+        ann_id = ann.get("id") if isinstance(ann, dict) else None
+        return f"{path}: annotations[{index}]" + ("" if ann_id is None else f" (id {ann_id})")
 
     def load_masks(self, record: ImageRecord, indices: Sequence[int]) -> np.ndarray:
         """N x H x W bool masks of the chosen objects, re-read from the image's JSON."""
@@ -67,7 +83,9 @@ class Sa1bReader(Reader):
         _, annotations = self._read(record.source)
         rles = []
         for i in indices:
-            where = f"{record.source}: annotations[{record.objects[i].key}]"
-            segmentation = annotations[record.objects[i].key]["segmentation"]
-            rles.append(to_rle(segmentation, record.height, record.width, where))
-        return decode_rles(rles, record.height, record.width)
+            k = record.objects[i].key
+            ann = annotations[k] if k < len(annotations) else None
+            where = self._where(record.source, k, ann)
+            segmentation = require(ann, "segmentation", where)
+            rles.append(to_rle(segmentation, record.height, record.width, where)[0])
+        return decode_rles(rles, record.height, record.width, str(record.source))
