@@ -1,16 +1,23 @@
-"""`python -m samft <command> [hydra overrides]`: dispatch only.
+"""`python -m samft <command> [hydra overrides]`: dispatch, and errors said in one line.
 
 Each command is a Hydra application in `samft.commands`. The command name is removed from
 `sys.argv` before Hydra parses it and kept in the environment (`SAMFT_COMMAND`): Lightning's
 DDP launcher re-runs `python -m samft <argv[1:]>` for every other rank, and those children
 find their command there.
+
+A user error (a bad override or config value, a checkpoint, data, cache or output problem:
+the `ValueError`s samft raises, Hydra's and OmegaConf's config errors) prints as one short
+message and exits 2; a diverged run (`NonFiniteTrainingError`) exits 3. `HYDRA_FULL_ERROR=1`
+shows the traceback. Any other exception keeps its traceback and exits 1.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
+import traceback
 
 COMMANDS = {
     "train": "Fine-tune SAM (Lightning Trainer.fit).",
@@ -19,8 +26,12 @@ COMMANDS = {
     "export": "Write a checkpoint in the official layout (.pth/.safetensors) or ONNX.",
     "cache": "Precompute image embeddings of a frozen encoder.",
     "data": "Dataset statistics and a picture of augmented samples with prompts.",
+    "weights": "Known pretrained weights (sam_vit_b, mobile_sam, litemedsam...): list, fetch.",
 }
+CONFIG_NAMES = {"cache": "train", "data": "train"}  # the others compose conf/<command>.yaml
 ENV_COMMAND = "SAMFT_COMMAND"
+ENV_TRACEBACK = "SAMFT_TRACEBACK"  # the user's HYDRA_FULL_ERROR, kept for DDP children
+USER_ERROR = 2
 
 
 def usage() -> str:
@@ -40,9 +51,74 @@ def main(argv: list[str] | None = None) -> None:
         print(usage(), file=sys.stderr)
         raise SystemExit(0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2)
     os.environ[ENV_COMMAND] = command
+    os.environ.setdefault(ENV_TRACEBACK, os.environ.get("HYDRA_FULL_ERROR", "0"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises: the errors are reported below
     sys.argv = argv
     module = importlib.import_module(f"samft.commands.{command}")
-    module.main()
+    try:
+        module.main()
+    except Exception as err:
+        if os.environ.get(ENV_TRACEBACK) == "1":
+            raise
+        code, message = describe_error(err, command, argv[1:])
+        if message is None:
+            raise
+        print(f"samft {command}: error: {message}", file=sys.stderr)
+        print("(set HYDRA_FULL_ERROR=1 to see the traceback)", file=sys.stderr)
+        raise SystemExit(code) from None
+
+
+def _raised_in_samft(err: BaseException) -> bool:
+    if type(err).__module__.startswith("samft"):
+        return True
+    frames = traceback.extract_tb(err.__traceback__)
+    package = os.path.dirname(os.path.abspath(__file__))
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(package)
+
+
+def describe_error(err: Exception, command: str, overrides: list[str]) -> tuple[int, str | None]:
+    """(exit code, one message) for an error the user can fix; (1, None) for a bug."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(err, (HydraException, OmegaConfBaseException)):
+        message = str(err).strip()
+        known = _known_keys_hint(message, command, overrides)
+        return USER_ERROR, message + (f"\n{known}" if known else "")
+    if hasattr(err, "exit_code") and type(err).__module__.startswith("samft"):
+        return int(err.exit_code), str(err)
+    if isinstance(err, ValueError) and _raised_in_samft(err):
+        return USER_ERROR, str(err)
+    return 1, None
+
+
+def _known_keys_hint(message: str, command: str, overrides: list[str]) -> str:
+    """'known keys of <group>: [...]' for an override of a key the config lacks."""
+    found = re.search(r"Could not override '([^']+)'", message)
+    if not found or "." not in found.group(1):
+        return ""
+    key = found.group(1)
+    group = key.rsplit(".", 1)[0]
+    others = [
+        o
+        for o in overrides
+        if "=" in o and not o.startswith(("-", "hydra.", "hydra/")) and key not in o.split("=")[0]
+    ]
+    try:
+        from hydra import compose, initialize_config_module
+        from hydra.core.global_hydra import GlobalHydra
+        from omegaconf import DictConfig, OmegaConf
+
+        GlobalHydra.instance().clear()
+        config_name = CONFIG_NAMES.get(command, command)
+        with initialize_config_module("samft.conf", version_base="1.3"):
+            cfg = compose(config_name, overrides=others)
+        node = OmegaConf.select(cfg, group)
+    except Exception:  # the hint is a courtesy: never hide the original error
+        return ""
+    if not isinstance(node, DictConfig):
+        return ""
+    return f"known keys of '{group}': {sorted(node.keys())}"
 
 
 if __name__ == "__main__":

@@ -320,3 +320,18 @@ def test_fine_tune_at_another_size(tiny, tmp_path):
     save_sam(small, tmp_path / "small.pth")
     assert load_sam(tmp_path / "small.pth", image_size=256).image_size == 256
     assert load_sam(tmp_path / "small.pth").image_size == 128
+
+
+def test_non_finite_weights_are_refused_by_every_loader(tiny, tmp_path):
+    """eval, predict and export read through these two: a NaN tensor is named, not used."""
+    from samft.weights.load import read_sam_state_dict
+
+    state_dict = dict(tiny.state_dict())
+    state_dict["mask_decoder.iou_token.weight"] = torch.full_like(
+        state_dict["mask_decoder.iou_token.weight"], float("nan")
+    )
+    path = save_sam(state_dict, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match=r"nan\.pth.*mask_decoder\.iou_token\.weight"):
+        load_sam(path)
+    with pytest.raises(CheckpointError, match=r"nan\.pth.*mask_decoder\.iou_token\.weight"):
+        read_sam_state_dict(path)

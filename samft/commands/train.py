@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from samft.commands.common import (
@@ -19,30 +23,56 @@ from samft.commands.common import (
     open_embedding_cache,
     prepare_dataset,
 )
+from samft.io.atomic import previous_of
+from samft.train.callbacks import SaveOnSignal
+from samft.train.run_lock import RunLock, is_launcher_process
 from samft.weights import save_sam
+from samft.weights.read import CheckpointError
 
 log = logging.getLogger(__name__)
 
+LIGHTNING_CKPT_NAMES = ("last", "hpc", "best")  # ckpt_path values Lightning resolves itself
+
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the model described by `cfg`; returns the final validation metrics."""
-    L.seed_everything(cfg.seed, workers=True)
-    prepare_dataset(cfg)
-    module = build_module(cfg)
-    datamodule = build_datamodule(cfg, open_embedding_cache(cfg, module))
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=build_loggers(cfg), callbacks=build_callbacks(cfg)
-    )
+    """Fit the model described by `cfg`; returns the final validation metrics.
+
+    The launching process holds the run folder's lock for the whole run. A stop signal
+    saves `last.ckpt` (callback `save_on_signal`) and exits with 128 + the signal number.
+    """
     output_dir = Path(cfg.output_dir)
-    if not cfg.model.checkpoint and not cfg.ckpt_path and trainer.is_global_zero:
+    lock = RunLock(output_dir, resume=_resumes_in(cfg.ckpt_path, output_dir))
+    if is_launcher_process():
+        lock.acquire()
+    try:
+        return _train(cfg, output_dir)
+    finally:
+        lock.release()
+
+
+def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+    L.seed_everything(cfg.seed, workers=True)
+    module = build_module(cfg)
+    ckpt_path = resume_checkpoint(cfg.ckpt_path, module.finetune_config.image_encoder)
+    prepare_dataset(cfg)
+    datamodule = build_datamodule(cfg, open_embedding_cache(cfg, module))
+    loggers = build_loggers(cfg)
+    if is_launcher_process():
+        keep_earlier_metrics(loggers)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=build_callbacks(cfg))
+    if not cfg.model.checkpoint and not ckpt_path and trainer.is_global_zero:
         # trained from scratch: keep the start point, so `samft eval` can show the gain
         save_sam(module.model, output_dir / "checkpoints" / "initial.pth")
-    if cfg.validate_before_training and not cfg.ckpt_path:
-        baseline = trainer.validate(module, datamodule=datamodule, verbose=False)
-        if trainer.is_global_zero and baseline:
-            _write_json(output_dir / "baseline_metrics.json", baseline[0])
-            log.info("zero-shot baseline: val/miou=%.4f", baseline[0].get("val/miou", float("nan")))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        if cfg.validate_before_training and not ckpt_path:
+            baseline = trainer.validate(module, datamodule=datamodule, verbose=False)
+            if trainer.is_global_zero and baseline:
+                _write_json(output_dir / "baseline_metrics.json", baseline[0])
+                miou = baseline[0].get("val/miou", float("nan"))
+                log.info("zero-shot baseline: val/miou=%.4f", miou)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        raise SystemExit(_signal_exit_code(trainer)) from None
     for callback in trainer.checkpoint_callbacks:
         if callback.save_last and callback.dirpath:
             # the periodic saves may stop short of the final step: make last.ckpt the end state
@@ -58,6 +88,85 @@ def train(cfg: DictConfig) -> dict[str, float]:
             best or "none",
         )
     return metrics
+
+
+def _signal_exit_code(trainer: L.Trainer) -> int:
+    """128 + the signal that stopped the run (SIGTERM when no `SaveOnSignal` saw it)."""
+    received = [c.received for c in trainer.callbacks if isinstance(c, SaveOnSignal)]
+    signum = next((s for s in received if s is not None), int(signal.SIGTERM))
+    name = signal.Signals(signum).name
+    log.error("run stopped by %s at step %d; resume with ckpt_path=", name, trainer.global_step)
+    return 128 + signum
+
+
+def _resumes_in(ckpt_path: str | None, output_dir: Path) -> bool:
+    if not ckpt_path:
+        return False
+    if ckpt_path in LIGHTNING_CKPT_NAMES:
+        return True
+    return output_dir.resolve() in Path(ckpt_path).resolve().parents
+
+
+def _read_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as err:  # UnpicklingError of weights_only: a non-tensor object inside
+        if "weights_only" not in str(err):
+            raise
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+
+
+def resume_checkpoint(ckpt_path: str | None, image_encoder: str) -> str | None:
+    """The checkpoint `ckpt_path=` resumes, checked before any work: a readable samft
+    Lightning checkpoint of the same encoder mode. A damaged file falls back, with a
+    warning, to the copy its last save kept (`last.ckpt.prev`)."""
+    if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES:
+        return ckpt_path or None
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={path}: file not found")
+    try:
+        checkpoint = _read_checkpoint(path)
+    except Exception as err:
+        previous = previous_of(path)
+        if not previous.is_file():
+            raise CheckpointError(
+                f"ckpt_path={path}: cannot be read ({type(err).__name__}: {err}); the file is "
+                "damaged (a save cut short?). Resume from another checkpoint of the run."
+            ) from None
+        log.warning("ckpt_path=%s cannot be read (%s); resuming from %s", path, err, previous)
+        path, checkpoint = previous, _read_checkpoint(previous)
+    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
+        raise CheckpointError(
+            f"ckpt_path={path}: not a samft training checkpoint. ckpt_path resumes a samft "
+            "Lightning checkpoint (.ckpt, with optimizer and step); to start from weights "
+            f"use model.checkpoint={path}"
+        )
+    finetune = (checkpoint.get("hyper_parameters") or {}).get("finetune") or {}
+    saved = finetune.get("image_encoder")
+    if saved and saved != image_encoder:
+        raise CheckpointError(
+            f"ckpt_path={path}: saved with finetune.image_encoder={saved}, but this run uses "
+            f"finetune.image_encoder={image_encoder}; their weights differ (LoRA adapters). "
+            f"Resume with the same finetune config, or start a new run from its weights with "
+            f"model.checkpoint={path}"
+        )
+    return str(path)
+
+
+def keep_earlier_metrics(loggers: list) -> None:
+    """Lightning's CSVLogger deletes an existing `metrics.csv` (a resume into the same
+    run folder): move it aside as `metrics-<n>.csv` first."""
+    for logger in loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        current = Path(logger.log_dir) / "metrics.csv"
+        if current.is_file():
+            n = 1
+            while (current.parent / f"metrics-{n}.csv").exists():
+                n += 1
+            current.rename(current.parent / f"metrics-{n}.csv")
+            log.info("kept the earlier %s as metrics-%d.csv", current, n)
 
 
 def _write_json(path: Path, values: dict) -> None:

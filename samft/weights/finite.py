@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from samft.weights.read import CheckpointError
+from samft.weights.files import CheckpointError
 
 
 def non_finite_keys(state_dict: Mapping[str, Tensor]) -> list[str]:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from samft.model.registry import build_sam, get_hyper_params
 from samft.model.sam import Sam
 from samft.weights.files import CheckpointError
+from samft.weights.finite import assert_finite
 from samft.weights.read import read_state_dict
 from samft.weights.shapes import (
     PATCH_WEIGHT,
@@ -67,6 +68,7 @@ def read_sam_state_dict(
     fetched into `cache_dir` (see `samft.weights.known`).
     """
     state_dict = read_state_dict(path, cache_dir)
+    assert_finite(state_dict, path)
     try:
         found = infer_variant(state_dict)
     except CheckpointError as err:
@@ -95,6 +97,7 @@ def load_sam(
     were saved at; another size resamples the position embeddings.
     """
     state_dict = read_state_dict(path, cache_dir)
+    assert_finite(state_dict, path)
     try:
         inferred: str | None = infer_variant(state_dict)
     except CheckpointError as err:

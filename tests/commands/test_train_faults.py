@@ -1,0 +1,112 @@
+"""`python -m samft train` under faults, as a user meets them: divergence, a stop signal,
+a busy run folder, wrong resume files and config typos. Subprocesses on the demo data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from samft.train.run_lock import LOCK_NAME
+
+
+def _overrides(data: Path, out: Path, *extra: str) -> list[str]:
+    """The demo recipe on 8 + 4 generated images, CSV logging only (as test_train_cli)."""
+    return [
+        "train",
+        "+experiment=demo",
+        "logger=csv",
+        f"hydra.run.dir={out}",
+        f"generate_dataset.root={data}",
+        "generate_dataset.num_train=8",
+        "generate_dataset.num_val=4",
+        f"data.train.annotations={data}/annotations_train.json",
+        f"data.train.images={data}/images",
+        f"data.val.annotations={data}/annotations_val.json",
+        f"data.val.images={data}/images",
+        "data.batch_size=2",
+        "interactive.val_clicks=[1]",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        *extra,
+    ]
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SAMFT_COMMAND", None)
+    return subprocess.run(
+        [sys.executable, "-m", "samft", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+def test_diverging_run_stops_non_zero_and_saves_no_best(tmp_path):
+    out = tmp_path / "run"
+    args = _overrides(tmp_path / "data", out, "optim.lr=1e30", "trainer.max_epochs=3")
+    result = _run([*args, "validate_before_training=false"], tmp_path)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "training stopped at step" in result.stderr and "NaN/Inf" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (
+        not list((out / "checkpoints").glob("best-*")) and not (out / "final_metrics.json").exists()
+    )
+
+
+def test_sigterm_saves_last_ckpt_and_exits_143(tmp_path):
+    out = tmp_path / "run"
+    args = _overrides(
+        tmp_path / "data", out, "trainer.max_epochs=50", "validate_before_training=false"
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SAMFT_COMMAND", None)
+    log = tmp_path / "run.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "samft", *args], cwd=tmp_path, env=env, stdout=sink, stderr=sink
+        )
+    deadline = time.time() + 180
+    while time.time() < deadline and "train/loss" not in _csv_text(out):
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] > 0
+    assert not (out / "final_metrics.json").exists() and not (out / LOCK_NAME).exists()
+
+
+def _csv_text(out: Path) -> str:
+    path = out / "csv" / "metrics.csv"
+    return path.read_text() if path.is_file() else ""
+
+
+def test_busy_run_folder_is_refused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    owner = {"pid": os.getppid(), "host": socket.gethostname(), "started": time.time()}
+    (out / LOCK_NAME).write_text(json.dumps(owner))
+    result = _run(_overrides(tmp_path / "data", out), tmp_path)
+    assert result.returncode == 2 and "is in use by another samft run" in result.stderr
+    assert f"pid {os.getppid()}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ckpt_path_to_weights_file_is_explained(tmp_path):
+    weights = tmp_path / "sam.pth"
+    torch.save({"image_encoder.x": torch.zeros(1)}, weights)
+    result = _run(_overrides(tmp_path / "data", tmp_path / "o", f"ckpt_path={weights}"), tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "model.checkpoint=" in result.stderr and "KeyError" not in result.stderr
+
+
+def test_typo_in_override_lists_known_keys(tmp_path):
+    result = _run(["train", "+experiment=demo", "finetune.lora_rnk=4", "--cfg", "job"], tmp_path)
+    assert result.returncode == 2
+    assert "Could not override 'finetune.lora_rnk'" in result.stderr
+    assert "known keys of 'finetune':" in result.stderr and "'lora_rank'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,210 @@
+"""Fault guards of training, in-process on a toy module: NaN/Inf, signals, checkpoint
+writes, the run-folder lock, resume checks and the CSV log of a resumed run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import nn
+
+from samft.commands.train import keep_earlier_metrics, resume_checkpoint
+from samft.io.atomic import AtomicCheckpointIO, previous_of, save_atomic
+from samft.io.files import OutputError
+from samft.train.callbacks import (
+    FiniteModelCheckpoint,
+    NanGuard,
+    NonFiniteTrainingError,
+    SaveOnSignal,
+)
+from samft.train.run_lock import LOCK_NAME, RunFolderInUseError, RunLock, is_launcher_process
+from samft.weights.finite import assert_finite
+from samft.weights.read import CheckpointError
+
+
+class Toy(L.LightningModule):
+    """y = w x on random data; `lr` huge makes it diverge, `signal_at` sends a signal."""
+
+    def __init__(self, lr=0.01, signal_at=None, signum=signal.SIGUSR1, finetune="frozen"):
+        super().__init__()
+        self.save_hyperparameters({"finetune": {"image_encoder": finetune}})
+        self.layer = nn.Linear(4, 1)
+        self.lr, self.signal_at, self.signum = lr, signal_at, signum
+
+    def training_step(self, batch, batch_idx):
+        if self.signal_at == self.global_step:
+            os.kill(os.getpid(), self.signum)
+        x = batch[0]
+        loss = (self.layer(x) ** 2).mean() * 1e20
+        self.log("train/loss", loss)
+        return loss
+
+    def train_dataloader(self):
+        data = torch.utils.data.TensorDataset(torch.randn(64, 4) * 1e10)
+        return torch.utils.data.DataLoader(data, batch_size=4)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def _trainer(tmp_path, callbacks, **kwargs):
+    return L.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_steps=kwargs.pop("max_steps", 8),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        **kwargs,
+    )
+
+
+# ------------------------------------------------------------------------ 1. NaN / Inf
+def test_nan_guard_skips_then_stops_naming_step_and_loss_term(tmp_path):
+    model = Toy(lr=1e30)
+    guard = NanGuard(max_skipped_steps=2)
+    with pytest.raises(NonFiniteTrainingError, match=r"step \d+.*train/loss"):
+        _trainer(tmp_path, [guard]).fit(model)
+    assert guard.skipped_in_a_row == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters()), "skipped steps moved no weight"
+
+
+def test_finite_model_checkpoint_never_keeps_nan_as_best(tmp_path):
+    callback = FiniteModelCheckpoint(dirpath=tmp_path, monitor="val/miou", mode="max")
+    trainer = _trainer(tmp_path, [])
+    assert not callback.check_monitor_top_k(trainer, torch.tensor(float("nan")))
+    assert callback.check_monitor_top_k(trainer, torch.tensor(0.5))
+    assert callback.state_key.startswith("ModelCheckpoint{")
+
+
+def test_assert_finite_names_file_and_tensor():
+    assert_finite({"a": torch.zeros(2), "step": torch.tensor(3)}, "ok.pth")
+    with pytest.raises(CheckpointError, match=r"checkpoint bad.pth: tensor b holds NaN/Inf"):
+        assert_finite({"a": torch.zeros(2), "b": torch.tensor([1.0, float("inf")])}, "bad.pth")
+
+
+# ------------------------------------------------------------------------- 2. signals
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_last_ckpt_then_stops(tmp_path, signum):
+    saver = SaveOnSignal(dirpath=tmp_path / "checkpoints")
+    trainer = _trainer(tmp_path, [saver])
+    with pytest.raises(SIGTERMException):
+        trainer.fit(Toy(signal_at=2, signum=signum))
+    assert saver.received == signum
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 3, "the step in flight finished, then the run stopped"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# ------------------------------------------------------------------ 3. checkpoint writes
+def test_unwritable_checkpoint_folder_names_path_and_os_error(tmp_path):
+    blocker = tmp_path / "checkpoints"
+    blocker.write_text("a file where the folder should be")  # fails as root too
+    with pytest.raises(
+        OutputError, match=r"cannot save checkpoint .*checkpoints/last.ckpt: File exists"
+    ):
+        AtomicCheckpointIO().save_checkpoint({"x": torch.zeros(3)}, blocker / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
+
+
+def test_full_disk_leaves_no_temp_file(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        save_atomic({"x": torch.zeros(3)}, tmp_path / "last.ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_keeps_previous_last_and_resume_falls_back_to_it(tmp_path, caplog):
+    io = AtomicCheckpointIO()
+    last = tmp_path / "last.ckpt"
+    good = {"pytorch-lightning_version": "2", "global_step": 1}
+    io.save_checkpoint(good, last)
+    io.save_checkpoint({**good, "global_step": 2}, last)
+    assert torch.load(previous_of(last))["global_step"] == 1
+    last.write_bytes(last.read_bytes()[:50])  # a damaged file
+    assert resume_checkpoint(str(last), "frozen") == str(previous_of(last))
+    assert "cannot be read" in caplog.text
+    previous_of(last).unlink()
+    with pytest.raises(CheckpointError, match=r"ckpt_path=.*last.ckpt: cannot be read"):
+        resume_checkpoint(str(last), "frozen")
+
+
+# ----------------------------------------------------------------------- 4. CSV on resume
+def test_resumed_run_keeps_earlier_metrics_rows(tmp_path):
+    first = CSVLogger(tmp_path, name="csv", version="")
+    first.log_metrics({"train/loss": 1.0}, step=0)
+    first.save()
+    second = CSVLogger(tmp_path, name="csv", version="")
+    keep_earlier_metrics([second])
+    second.log_metrics({"train/loss": 0.5}, step=5)
+    second.save()
+    assert "train/loss" in (tmp_path / "csv" / "metrics-1.csv").read_text()
+    assert (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[1].startswith("5,")
+
+
+# ---------------------------------------------------------------------- 5. run lock
+def test_second_run_in_a_folder_is_refused(tmp_path):
+    with RunLock(tmp_path):
+        info = json.loads((tmp_path / LOCK_NAME).read_text())
+        assert info["pid"] == os.getpid() and info["host"] == socket.gethostname()
+        with pytest.raises(
+            RunFolderInUseError, match=rf"in use by another samft run \(pid {os.getpid()}"
+        ):
+            RunLock(tmp_path).acquire()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_stale_lock_is_taken_over(tmp_path):
+    dead = {"pid": 2**22 + 12345, "host": socket.gethostname(), "started": time.time()}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(dead))
+    with RunLock(tmp_path) as lock:
+        assert lock.held
+
+
+def test_folder_with_checkpoints_is_reused_only_to_resume(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(RunFolderInUseError, match="resume it with ckpt_path="):
+        RunLock(tmp_path).acquire()
+    assert not (tmp_path / LOCK_NAME).exists()
+    RunLock(tmp_path, resume=True).acquire().release()
+
+
+def test_only_rank_zero_takes_the_lock(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert is_launcher_process()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert not is_launcher_process()
+
+
+# --------------------------------------------------------------------- 6. resume checks
+def test_resume_from_weights_file_explains_model_checkpoint(tmp_path):
+    path = tmp_path / "sam.pth"
+    torch.save({"image_encoder.x": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match=r"ckpt_path resumes .*model.checkpoint="):
+        resume_checkpoint(str(path), "frozen")
+
+
+def test_resume_lora_into_full_finetune_is_explained(tmp_path):
+    path = tmp_path / "last.ckpt"
+    ckpt = {"pytorch-lightning_version": "2", "hyper_parameters": {"finetune": {}}}
+    ckpt["hyper_parameters"]["finetune"]["image_encoder"] = "lora"
+    torch.save(ckpt, path)
+    assert resume_checkpoint(str(path), "lora") == str(path)
+    with pytest.raises(CheckpointError, match="image_encoder=lora, but this run uses .*=full"):
+        resume_checkpoint(str(path), "full")
