@@ -8,6 +8,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from samft.commands.schema import check_group
 from samft.data.augment import build_augment
 from samft.data.cache import EmbeddingCache, cache_key, why_not_cached
 from samft.model.registry import get_hyper_params
@@ -41,6 +42,8 @@ def build_module(cfg: DictConfig) -> SamFineTuner:
 
 def build_datamodule(cfg: DictConfig, embedding_cache: EmbeddingCache | None = None):
     """The datamodule of `cfg.data`, resizing images with the model family's filter."""
+    check_group(cfg.prompts, "prompts")
+    check_group(cfg.data, "data")
     return instantiate(
         cfg.data,
         prompts=instantiate(cfg.prompts),

@@ -95,13 +95,13 @@ def _one_of(key: str, value: Any, allowed: tuple) -> None:
         raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}")
 
 
-def _type_ok(value: Any, annotation: Any) -> bool:
+def value_fits(value: Any, annotation: Any) -> bool:
     """Whether `value` fits the dataclass field type `annotation` (plain config types)."""
     if annotation is Any:
         return True
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+        return any(value_fits(value, arg) for arg in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
     if origin in (list, tuple):
@@ -129,7 +129,7 @@ def as_config(cls: type, value: Any, group: str) -> Any:
             f"unknown key(s) {unknown} in config group '{group}'; known keys: {sorted(known)}"
         )
     for key, item in value.items():
-        if not _type_ok(item, hints[key]):
+        if not value_fits(item, hints[key]):
             expected = getattr(hints[key], "__name__", None) or str(hints[key])
             raise ValueError(f"{group}.{key}={item!r}: expected {expected.replace('typing.', '')}")
     return cls(**value)

@@ -142,3 +142,22 @@ def test_export_onnx_function_checks_onnx_before_tracing(monkeypatch):
     monkeypatch.setattr("samft.weights.onnx.onnx_installed", lambda: False)
     with pytest.raises(ImportError, match=r'pip install "samft\[onnx\]"'):
         export_onnx(build_sam("tiny"), "m")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=abc", r"data\.batch_size='abc': expected int"),
+        ("data.min_area=[1]", r"data\.min_area=\[1\]: expected float"),
+        ("prompts.point_prob=high", r"prompts\.point_prob='high': expected float"),
+        (
+            "+data.batch_sise=2",
+            r"unknown key data\.batch_sise; known keys of 'data': \[.*'batch_size'",
+        ),
+    ],
+)
+def test_ill_typed_data_and_prompts_values_are_named_before_building(override, message):
+    with initialize_config_module("samft.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=demo", override])
+    with pytest.raises(ValueError, match=message):
+        build_datamodule(cfg)
