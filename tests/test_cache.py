@@ -241,3 +241,46 @@ def test_cache_command_composes_the_train_config(ct_copy, tmp_path):
         cfg = compose("train", overrides=[*overrides, "output_dir=.", "finetune=lora"])
         with pytest.raises(CacheError, match="finetune.image_encoder = lora"):
             cache_embeddings(cfg)
+
+
+def test_a_shard_damaged_in_place_is_refused_when_read(built):
+    """Same size, other bytes: the per-entry checksum catches it; training never sees it."""
+    module, root, data = built
+    cache = EmbeddingCache.open(root, cache_key(module.model))
+    name, entry = next(iter(cache.entries.items()))
+    path, orientation = name.rsplit("#", 1)
+    assert cache.get(path, orientation).dtype == torch.float16
+    shard = root / entry["shard"]
+    size = shard.stat().st_size
+    with open(shard, "r+b") as handle:  # flip bytes in the data area, keep the size
+        handle.seek(size - 4096)
+        block = handle.read(64)
+        handle.seek(size - 4096)
+        handle.write(bytes(b ^ 0xFF for b in block))
+    assert shard.stat().st_size == size
+    damaged = EmbeddingCache.open(root, cache_key(module.model))  # sizes still match
+    with pytest.raises(CacheError, match=rf"shard {entry['shard']} is damaged"):
+        for name in damaged.entries:
+            damaged.get(*name.rsplit("#", 1))
+
+
+def test_content_stamp_notices_an_edit_that_keeps_size_and_mtime(ct_copy, tmp_path):
+    module = _module()
+    sam = module.model.eval()
+    key = cache_key(sam, "content")
+    jobs = _jobs(ct_copy)
+    build_cache(tmp_path / "c", key, jobs, _embed(sam))
+    build_cache(tmp_path / "m", cache_key(sam), jobs, _embed(sam))
+    image = jobs[0].path
+    stat = os.stat(image)
+    pixels = bytearray(image.read_bytes())
+    pixels[-100] ^= 0xFF  # an edit of the same size...
+    image.write_bytes(bytes(pixels))
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ...with the old mtime
+    paths = [job.path for job in jobs]
+    with pytest.raises(CacheError, match="changed since they were cached"):
+        EmbeddingCache.open(tmp_path / "c", key).check_covers(paths, ["none"])
+    # the cheap default stamp cannot see it (which is why the content stamp exists)
+    EmbeddingCache.open(tmp_path / "m", cache_key(sam)).check_covers(paths, ["none"])
+    with pytest.raises(CacheError, match="image_stamp is 'mtime', expected 'content'"):
+        EmbeddingCache.open(tmp_path / "m", key)

@@ -59,7 +59,7 @@ def cache_embeddings(cfg: DictConfig) -> dict[str, int]:
     jobs = [CacheJob(path, tuple(sorted(o)), _loader(*readers[path])) for path, o in wanted.items()]
     counts = build_cache(
         cfg.cache.dir,
-        cache_key(sam),
+        cache_key(sam, cfg.cache.get("image_stamp", "mtime")),
         jobs,
         embed=lambda images: encode_images(sam, [img.to(sam.device) for img in images]),
         batch_size=int(cfg.cache.batch_size),

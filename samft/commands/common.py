@@ -64,7 +64,8 @@ def open_embedding_cache(cfg: DictConfig, module: SamFineTuner) -> EmbeddingCach
     if reason:
         log.warning("embedding cache %s not used: %s", root, reason)
         return None
-    return EmbeddingCache.open(root, cache_key(module.model))
+    stamp = (cfg.get("cache") or {}).get("image_stamp", "mtime")
+    return EmbeddingCache.open(root, cache_key(module.model, stamp))
 
 
 def build_loggers(cfg: DictConfig) -> list:

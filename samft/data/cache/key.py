@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from samft.data.dataset import ORIENTATIONS
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: per-entry checksums, image stamp choice
+IMAGE_STAMPS = ("mtime", "content")
 
 
 class CacheError(RuntimeError):
@@ -30,6 +31,7 @@ class CacheKey:
     pixel_std: tuple[float, ...]
     normalization: str = "mean_std"
     resize_interpolation: str = "bilinear"
+    image_stamp: str = "mtime"  # how an edited image is told apart: "mtime" or "content"
     format_version: int = CACHE_FORMAT_VERSION
 
     def as_json(self) -> dict[str, Any]:
@@ -50,8 +52,11 @@ def encoder_sha256(encoder: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def cache_key(sam: nn.Module) -> CacheKey:
-    """The key of a `Sam`'s image encoder and preprocessing."""
+def cache_key(sam: nn.Module, image_stamp: str = "mtime") -> CacheKey:
+    """The key of a `Sam`'s image encoder and preprocessing; `image_stamp` says how an
+    image file is recognised as unchanged (`file_stamp`)."""
+    if image_stamp not in IMAGE_STAMPS:
+        raise ValueError(f"cache.image_stamp={image_stamp!r}: expected one of {IMAGE_STAMPS}")
     return CacheKey(
         encoder_sha256=encoder_sha256(sam.image_encoder),
         image_size=int(sam.image_size),
@@ -59,6 +64,7 @@ def cache_key(sam: nn.Module) -> CacheKey:
         pixel_std=tuple(float(v) for v in sam.pixel_std.flatten()),
         normalization=str(getattr(sam, "normalization", "mean_std")),
         resize_interpolation=str(getattr(sam, "resize_interpolation", "bilinear")),
+        image_stamp=image_stamp,
     )
 
 
@@ -69,10 +75,24 @@ def entry_name(path: str | Path, orientation: str) -> str:
     return f"{Path(path).resolve()}#{orientation}"
 
 
-def file_stamp(path: str | Path) -> dict[str, int]:
-    """Size and modification time of a file: what tells an edited image apart."""
+def file_stamp(path: str | Path, image_stamp: str = "mtime") -> dict[str, int | str]:
+    """What tells an edited image apart: its size and modification time ("mtime", cheap),
+    or its size and the sha256 of its bytes ("content": also catches an edit that kept
+    both, e.g. a copy with `cp -p` or a restored backup)."""
     stat = os.stat(path)
+    if image_stamp == "content":
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
+        return {"bytes": int(stat.st_size), "sha256": digest.hexdigest()}
     return {"bytes": int(stat.st_size), "mtime_ns": int(stat.st_mtime_ns)}
+
+
+def tensor_digest(tensor: Tensor) -> str:
+    """A short checksum of a tensor's bytes, stored per entry and checked on every read."""
+    data = tensor.detach().cpu().contiguous().view(torch.uint8).numpy()
+    return hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest()
 
 
 def describe_key_mismatch(found: dict[str, Any], expected: dict[str, Any]) -> str:

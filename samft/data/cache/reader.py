@@ -10,7 +10,14 @@ from typing import Any
 from safetensors import safe_open
 from torch import Tensor
 
-from samft.data.cache.key import CacheError, CacheKey, describe_key_mismatch, entry_name, file_stamp
+from samft.data.cache.key import (
+    CacheError,
+    CacheKey,
+    describe_key_mismatch,
+    entry_name,
+    file_stamp,
+    tensor_digest,
+)
 
 MANIFEST = "manifest.json"
 
@@ -58,7 +65,7 @@ class EmbeddingCache:
         """CacheError unless every image is cached, unchanged, in every orientation."""
         missing, changed = [], []
         for path in images:
-            stamp = file_stamp(path)
+            stamp = file_stamp(path, self.manifest["key"].get("image_stamp", "mtime"))
             for orientation in orientations:
                 entry = self.entries.get(entry_name(path, orientation))
                 if entry is None:
@@ -68,7 +75,8 @@ class EmbeddingCache:
         if changed:
             raise CacheError(
                 f"embedding cache {self.root} is stale: {len(changed)} image file(s) changed "
-                f"since they were cached (size or modification time), e.g. {changed[0]}"
+                f"since they were cached (size, modification time or content), e.g. "
+                f"{changed[0]}: run `python -m samft cache` again to update them"
             )
         if missing:
             raise CacheError(
@@ -78,13 +86,22 @@ class EmbeddingCache:
             )
 
     def get(self, path: str | Path, orientation: str) -> Tensor:
-        """The fp16 embedding `C x h x w` of one image in one orientation."""
+        """The fp16 embedding `C x h x w` of one image in one orientation, checked against
+        the checksum written with it (a shard damaged in place is a CacheError, never
+        silently trained on)."""
         entry = self.entries[entry_name(path, orientation)]
         handle = self._handles.get(entry["shard"])
         if handle is None:
             handle = safe_open(str(self.root / entry["shard"]), framework="pt")
             self._handles[entry["shard"]] = handle
-        return handle.get_tensor(entry["tensor"])
+        tensor = handle.get_tensor(entry["tensor"])
+        if tensor_digest(tensor) != entry["digest"]:
+            raise CacheError(
+                f"embedding cache {self.root}: shard {entry['shard']} is damaged (the "
+                f"embedding of {path} ({orientation}) does not match its checksum); rebuild "
+                "it: delete the shard and run `python -m samft cache` again"
+            )
+        return tensor
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers get a copy without open files; each opens its own.

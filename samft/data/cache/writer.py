@@ -15,7 +15,13 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from samft.data.cache.key import CacheKey, describe_key_mismatch, entry_name, file_stamp
+from samft.data.cache.key import (
+    CacheKey,
+    describe_key_mismatch,
+    entry_name,
+    file_stamp,
+    tensor_digest,
+)
 from samft.data.cache.reader import MANIFEST, read_manifest
 from samft.data.dataset import orient
 from samft.data.resize import resize_image
@@ -81,7 +87,7 @@ def build_cache(
     todo: list[tuple[CacheJob, str, dict[str, int]]] = []
     reused = 0
     for job in jobs:
-        stamp = file_stamp(job.path)
+        stamp = file_stamp(job.path, key.image_stamp)
         for orientation in job.orientations:
             entry = manifest["entries"].get(entry_name(job.path, orientation))
             if entry is not None and entry["image"] == stamp:
@@ -138,8 +144,13 @@ class _ShardWriter:
         save_file({t: e for t, (_, e, _) in self.pending.items()}, str(tmp))
         os.replace(tmp, self.root / shard)
         self.manifest["shards"][shard] = {"bytes": (self.root / shard).stat().st_size}
-        for tensor, (name, _, stamp) in self.pending.items():
-            self.manifest["entries"][name] = {"shard": shard, "tensor": tensor, "image": stamp}
+        for tensor, (name, embedding, stamp) in self.pending.items():
+            self.manifest["entries"][name] = {
+                "shard": shard,
+                "tensor": tensor,
+                "image": stamp,
+                "digest": tensor_digest(embedding),
+            }
         write_manifest(self.root, self.manifest)
         self.pending, self.size = {}, 0
 
