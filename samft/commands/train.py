@@ -23,6 +23,8 @@ from samft.commands.common import (
     open_embedding_cache,
     prepare_dataset,
 )
+from samft.commands.quiet import quiet_library_noise
+from samft.commands.run_summary import run_summary
 from samft.io.atomic import previous_of
 from samft.train.callbacks import SaveOnSignal
 from samft.train.run_lock import RunLock, is_launcher_process
@@ -63,6 +65,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     if not cfg.model.checkpoint and not ckpt_path and trainer.is_global_zero:
         # trained from scratch: keep the start point, so `samft eval` can show the gain
         save_sam(module.model, output_dir / "checkpoints" / "initial.pth")
+    baseline: list[dict] = []
     try:
         if cfg.validate_before_training and not ckpt_path:
             baseline = trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -76,17 +79,20 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     for callback in trainer.checkpoint_callbacks:
         if callback.save_last and callback.dirpath:
             # the periodic saves may stop short of the final step: make last.ckpt the end state
-            trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt")
+            trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt", weights_only=False)
             break
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if trainer.is_global_zero:
         _write_json(output_dir / "final_metrics.json", metrics)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        log.info(
-            "final val/miou=%.4f, best checkpoint: %s",
-            metrics.get("val/miou", float("nan")),
-            best or "none",
+        summary = run_summary(
+            output_dir,
+            baseline[0] if baseline else None,
+            metrics,
+            best or None,
+            cfg.model.checkpoint or None,
         )
+        log.info("run finished\n%s", summary)
     return metrics
 
 
@@ -176,6 +182,7 @@ def _write_json(path: Path, values: dict) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    quiet_library_noise()
     log.info("output directory: %s", cfg.output_dir)
     OmegaConf.resolve(cfg)
     train(cfg)

@@ -161,3 +161,40 @@ def test_ill_typed_data_and_prompts_values_are_named_before_building(override, m
         cfg = compose("train", overrides=["+experiment=demo", override])
     with pytest.raises(ValueError, match=message):
         build_datamodule(cfg)
+
+
+def test_run_names_come_from_the_data():
+    from samft.commands.run_name import dataset_name
+
+    assert dataset_name({"annotations": "demo_data/shapes/annotations_train.json"}) == "shapes"
+    assert dataset_name({"images": "/d/dsb-nuclei/train/images", "masks": "m"}) == "dsb-nuclei"
+    assert dataset_name({"annotations": "coco/val.json", "images": "coco/val2017"}) == "coco"
+    assert dataset_name({"images": "???"}) == "data"
+    with initialize_config_module("samft.conf", version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "+experiment=demo",
+                "data=folder",
+                "data.train.images=/x/cells/train/images",
+                "data.train.masks=/x/cells/train/masks",
+            ],
+        )
+    assert cfg.name == "demo-cells"
+
+
+def test_run_summary_says_where_things_are_and_what_comes_next(tmp_path):
+    from samft.commands.run_summary import run_summary
+
+    text = run_summary(
+        tmp_path / "demo-shapes" / "run1",
+        {"val/miou": 0.057, "val/dice": 0.104},
+        {"val/miou": 0.322, "val/dice": float("nan")},
+        str(tmp_path / "best.ckpt"),
+        None,
+    )
+    assert f"run folder:       {tmp_path / 'demo-shapes' / 'run1'}" in text
+    assert "val/miou             0.057 -> 0.322" in text
+    assert "val/dice             0.104 ->   -" in text
+    assert f"eval checkpoint=[{tmp_path}/demo-shapes/run1/checkpoints/initial.pth," in text
+    assert f"export checkpoint={tmp_path / 'best.ckpt'} output=exports/demo-shapes" in text
