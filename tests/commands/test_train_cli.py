@@ -190,3 +190,63 @@ def test_data_command_reports_statistics_and_pictures(tmp_path):
     stats = json.loads((out / "data_stats.json").read_text())
     assert stats["train"]["images"] == 8 and stats["val"]["images"] == 4
     assert (out / "train_samples.png").is_file() and (out / "val_samples.png").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_simulated_nodes_score_like_one_process(tmp_path):
+    """DDP across 2 'nodes' on this machine (one process each, node ranks from the
+    environment, loopback rendezvous) gives the zero-shot validation of one process."""
+    single = tmp_path / "single"
+    args = _overrides(tmp_path / "data", single, "trainer=cpu", "trainer.max_steps=1")
+    result = _run(args, tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    out = tmp_path / "nodes"
+    port = _free_port()
+    node_args = _overrides(
+        tmp_path / "data",
+        out,
+        "trainer=ddp_cpu",
+        "trainer.devices=1",
+        "trainer.num_nodes=2",
+        "trainer.max_steps=1",
+    )
+    procs, logs = [], []
+    for node_rank in (0, 1):
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "WANDB_MODE": "offline",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "NODE_RANK": str(node_rank),
+        }
+        env.pop("SAMFT_COMMAND", None)
+        logs.append(open(tmp_path / f"node{node_rank}.log", "w"))  # noqa: SIM115
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "samft", *node_args],
+                cwd=tmp_path,
+                env=env,
+                stdout=logs[-1],
+                stderr=subprocess.STDOUT,
+            )
+        )
+    codes = [proc.wait(timeout=400) for proc in procs]
+    for handle in logs:
+        handle.close()
+    text = "\n".join((tmp_path / f"node{r}.log").read_text()[-2000:] for r in (0, 1))
+    assert codes == [0, 0], text
+    one = json.loads((single / "baseline_metrics.json").read_text())
+    two = json.loads((out / "baseline_metrics.json").read_text())
+    assert two["val/num_objects"] == one["val/num_objects"]
+    for key in ("val/miou", "val/dice", "val/miou/click_1"):
+        assert abs(two[key] - one[key]) < 1e-4, (key, one[key], two[key])
