@@ -285,3 +285,13 @@ def test_unwritable_output_folder_is_a_clear_error(trained, tmp_path):
 def test_unknown_format_is_a_clear_error(trained, tmp_path):
     with pytest.raises(ValueError, match=r"format='tflite'; expected one of"):
         export_checkpoint(trained[1], tmp_path / "out", format="tflite")
+
+
+def test_sidecar_names_the_code_that_loads_each_export():
+    from samft.weights.export import loader_for
+
+    assert loader_for("vit_b", 1024).startswith('segment_anything.sam_model_registry["vit_b"]')
+    assert loader_for("vit_t", 1024).startswith('mobile_sam.sam_model_registry["vit_t"]')
+    assert "MedSAM_Lite" in loader_for("lite_medsam", 256)
+    assert loader_for("vit_b", 512).startswith("samft.weights.load_sam")
+    assert loader_for("tiny", 256).startswith("samft.weights.load_sam")

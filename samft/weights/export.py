@@ -123,6 +123,22 @@ def _merge_sidecar(path: Path, new: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def loader_for(variant: str, image_size: int) -> str:
+    """The code that loads an export of `variant` at `image_size` px strictly, as a line of
+    Python (written into the sidecar so nobody has to guess the registry entry)."""
+    default = get_hyper_params(variant).image_size
+    if variant in ("vit_b", "vit_l", "vit_h") and image_size == default:
+        return f'segment_anything.sam_model_registry["{variant}"](checkpoint=PATH)'
+    if variant == "vit_t" and image_size == default:
+        return 'mobile_sam.sam_model_registry["vit_t"](checkpoint=PATH)'
+    if variant == "lite_medsam" and image_size == default:
+        return (
+            "LiteMedSAM's MedSAM_Lite model (bowang-lab/MedSAM, LiteMedSAM branch): "
+            "model.load_state_dict(torch.load(PATH)); or samft.weights.load_sam(PATH)"
+        )
+    return f"samft.weights.load_sam(PATH)  # {variant} at {image_size} px: no registry entry"
+
+
 def build_sidecar(
     checkpoint: Path,
     variant: str,
@@ -137,6 +153,8 @@ def build_sidecar(
         "variant": variant,
         "image_size": image_size,
         "normalization": get_hyper_params(variant).normalization,
+        "resize_interpolation": get_hyper_params(variant).resize_interpolation,
+        "load_with": loader_for(variant, image_size),
         "samft_version": samft.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": {
