@@ -284,3 +284,15 @@ def test_content_stamp_notices_an_edit_that_keeps_size_and_mtime(ct_copy, tmp_pa
     EmbeddingCache.open(tmp_path / "m", cache_key(sam)).check_covers(paths, ["none"])
     with pytest.raises(CacheError, match="image_stamp is 'mtime', expected 'content'"):
         EmbeddingCache.open(tmp_path / "m", key)
+
+
+def test_cache_key_of_a_tinyvit_encoder_with_batchnorm_counters():
+    """BatchNorm's 0-dim int64 `num_batches_tracked` is hashed too (LiteMedSAM, MobileSAM)."""
+    from samft.model.registry import build_sam
+
+    sam = build_sam("lite_medsam")
+    key = cache_key(sam)
+    assert key.normalization == "min_max" and key.resize_interpolation == "area"
+    bn = next(m for m in sam.image_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.num_batches_tracked += 1
+    assert cache_key(sam).encoder_sha256 != key.encoder_sha256
