@@ -1,0 +1,410 @@
+"""Segment everything: prompt a SAM with a grid of points and keep the good, distinct masks.
+
+The algorithm of the official `SamAutomaticMaskGenerator`, with the same parameters and
+records, on any samft `Sam`. For each crop (the whole image, plus 2^i x 2^i overlapping crops
+per extra layer) the image is encoded once; every grid point is a single positive click with
+three (multimask) answers. Masks are kept when their predicted IoU is above
+`pred_iou_thresh`, their stability score at least `stability_score_thresh`, and they do not
+touch an inner crop edge; box NMS then removes duplicates within a crop, then across crops.
+
+Two stages, so that thresholds can be swept without running the model again:
+`propose(image)` runs the model and returns every mask that passes the thresholds, before
+NMS (`MaskCandidates`); `select(candidates, pred_iou_thresh, stability_score_thresh)`
+filters them with thresholds at least as strict, runs NMS and returns the records.
+`generate(image)` is both with the generator's own thresholds.
+
+Where the work goes: one encoder pass per crop (`SamPredictor.set_image`: the predictor's
+resize and the model's own `preprocess`); the points of a call go through the decoder
+together, sharing the crop's embedding (`image_index`: it is never repeated per prompt); the
+IoU filter runs on the low-res outputs, so only the masks that pass it are upscaled to the
+crop's size, where the stability score is computed as the official generator computes it
+(on the upscaled logits: on low-res logits it would differ); boxes, the edge filter and RLEs
+are computed for all masks of a call at once. On the CPU the calls are kept small enough to
+avoid page faults (`CPU_CALL_BYTES`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from samft.infer.mask_ops import (
+    batched_nms,
+    crop_boxes,
+    layer_point_grids,
+    mask_boxes,
+    near_crop_edge,
+    remove_small_regions,
+    stability_score,
+    uncrop_boxes,
+    uncrop_masks,
+    uncrop_points,
+)
+from samft.infer.predictor import SamPredictor
+from samft.infer.rle import Rle, masks_to_rle, rle_to_coco, rles_to_masks
+from samft.model.sam import Sam
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+# On the CPU, points per decoder call are also limited so that the decoder's largest
+# per-call temporary (the upscaled image features, points x C/8 x 4h x 4w floats) stays
+# below glibc's largest mmap threshold (32 MiB): bigger blocks are mapped afresh on every
+# call, and faulting their pages in cost as much as the decoder's arithmetic at one thread
+# (LiteMedSAM, 64 points per call: 11 s of page faults beside 12 s of compute for 256
+# points; 3 points per call: 0.5 s).
+CPU_CALL_BYTES = 24 * 2**20
+
+
+@dataclass
+class MaskCandidates:
+    """The masks of one image that passed the thresholds of `propose`, before any NMS.
+
+    Rows are in the order the model produced them (crop by crop, point by point, then the
+    three answers of a point). All tensors are on the CPU; frames are the original image's.
+    """
+
+    rles: list[Rle]  # K uncompressed RLEs, H x W
+    boxes: Tensor  # K x 4 int64 (x0, y0, x1, y1), inclusive
+    areas: Tensor  # K int64 pixels
+    iou_preds: Tensor  # K float32
+    stability: Tensor  # K float32
+    points: Tensor  # K x 2 float64 (x, y) the prompt of each mask
+    crop_ids: Tensor  # K int64, index into crop_boxes
+    crop_boxes: list[list[int]]  # all crops of the image, [x0, y0, x1, y1]
+    image_size: tuple[int, int]  # (H, W)
+    pred_iou_thresh: float  # the thresholds these candidates were filtered with
+    stability_score_thresh: float
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def subset(self, index: Tensor) -> MaskCandidates:
+        """The rows picked by a bool mask or an int64 index (in that order)."""
+        if index.dtype == torch.bool:
+            index = index.nonzero().flatten()
+        picks = index.tolist()
+        return replace(
+            self,
+            rles=[self.rles[i] for i in picks],
+            boxes=self.boxes[index],
+            areas=self.areas[index],
+            iou_preds=self.iou_preds[index],
+            stability=self.stability[index],
+            points=self.points[index],
+            crop_ids=self.crop_ids[index],
+        )
+
+
+class AutomaticMaskGenerator:
+    """Masks for a whole image from a point grid, like the official generator.
+
+    Args:
+        sam: any samft `Sam` (e.g. from `samft.weights.load_sam`); its own `preprocess`
+            normalises the pixels.
+        points_per_side: grid points along a side (the grid has n^2); None with point_grids.
+        points_per_batch: points decoded per call (memory: points x mask size); on the CPU
+            calls are smaller still when that saves page faults (see `CPU_CALL_BYTES`).
+        pred_iou_thresh: keep masks whose predicted IoU is > this (0 disables).
+        stability_score_thresh: keep masks whose stability score is >= this (0 disables).
+        stability_score_offset: logit offset of the stability score.
+        box_nms_thresh: box IoU above which NMS drops duplicates within a crop.
+        crop_n_layers: extra crop layers; layer i has 2^i x 2^i crops.
+        crop_nms_thresh: box IoU above which NMS drops duplicates across crops (masks from
+            smaller crops win).
+        crop_overlap_ratio: crop overlap, as a fraction of the short image side, in layer 1.
+        crop_n_points_downscale_factor: layer i uses points_per_side / factor^i points.
+        point_grids: explicit `P x 2` grids in [0, 1], one per layer, instead of
+            points_per_side.
+        min_mask_region_area: if > 0, fill holes and drop islands smaller than this (pixels)
+            in the kept masks, then re-run NMS.
+        output_mode: "binary_mask" (`H x W` bool arrays), "uncompressed_rle" or "coco_rle".
+    """
+
+    def __init__(
+        self,
+        sam: Sam,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: Sequence[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+    ) -> None:
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("give exactly one of points_per_side and point_grids")
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        if points_per_side is not None:
+            grids = layer_point_grids(
+                points_per_side, crop_n_layers, crop_n_points_downscale_factor
+            )
+        else:
+            grids = [np.asarray(grid, dtype=np.float64) for grid in point_grids]
+        if len(grids) < crop_n_layers + 1:
+            raise ValueError(f"need {crop_n_layers + 1} point grids, one per crop layer")
+        if points_per_batch < 1:
+            raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+        self.predictor = SamPredictor(sam)
+        self.point_grids = grids
+        self.points_per_batch = int(points_per_batch)
+        self.pred_iou_thresh = float(pred_iou_thresh)
+        self.stability_score_thresh = float(stability_score_thresh)
+        self.stability_score_offset = float(stability_score_offset)
+        self.box_nms_thresh = float(box_nms_thresh)
+        self.crop_n_layers = int(crop_n_layers)
+        self.crop_nms_thresh = float(crop_nms_thresh)
+        self.crop_overlap_ratio = float(crop_overlap_ratio)
+        self.min_mask_region_area = int(min_mask_region_area)
+        self.output_mode = output_mode
+
+    @property
+    def model(self) -> Sam:
+        return self.predictor.model
+
+    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Mask records for an `H x W x 3` uint8 RGB image (see `select` for their fields)."""
+        return self.select(self.propose(image))
+
+    def points_per_call(self) -> int:
+        """Points per decoder call: `points_per_batch`, capped on the CPU by `CPU_CALL_BYTES`."""
+        sam = self.model
+        if sam.device.type != "cpu":
+            return self.points_per_batch
+        h, w = sam.prompt_encoder.image_embedding_size
+        channels = sam.mask_decoder.transformer_dim // 8
+        per_point = channels * (4 * h) * (4 * w) * sam.mask_decoder.iou_token.weight.element_size()
+        return max(1, min(self.points_per_batch, CPU_CALL_BYTES // per_point))
+
+    @torch.no_grad()
+    def propose(
+        self,
+        image: np.ndarray,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
+    ) -> MaskCandidates:
+        """Run the model on every crop and return the masks that pass the thresholds
+        (the generator's own unless given), before NMS. `select` may then apply any
+        thresholds at least as strict; propose with 0 to keep every mask."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"expected an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}"
+            )
+        iou_thresh = self.pred_iou_thresh if pred_iou_thresh is None else float(pred_iou_thresh)
+        stab_thresh = (
+            self.stability_score_thresh
+            if stability_score_thresh is None
+            else float(stability_score_thresh)
+        )
+        height, width = image.shape[:2]
+        boxes, layers = crop_boxes((height, width), self.crop_n_layers, self.crop_overlap_ratio)
+        parts = []
+        for crop_id, (box, layer) in enumerate(zip(boxes, layers, strict=True)):
+            x0, y0, x1, y1 = box
+            self.predictor.set_image(image[y0:y1, x0:x1])
+            points = self.point_grids[layer] * np.array([x1 - x0, y1 - y0], dtype=np.float64)
+            step = self.points_per_call()
+            for start in range(0, len(points), step):
+                batch = points[start : start + step]
+                part = self._decode_points(batch, box, (height, width), iou_thresh, stab_thresh)
+                parts.append((crop_id, part))
+        self.predictor.reset_image()
+
+        def column(key: str, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:
+            values = [part[key] for _, part in parts]
+            return torch.cat(values) if values else torch.zeros(shape, dtype=dtype)
+
+        return MaskCandidates(
+            rles=[rle for _, part in parts for rle in part["rles"]],
+            boxes=column("boxes", torch.long, (0, 4)),
+            areas=column("areas", torch.long, (0,)),
+            iou_preds=column("iou_preds", torch.float32, (0,)),
+            stability=column("stability", torch.float32, (0,)),
+            points=column("points", torch.float64, (0, 2)),
+            crop_ids=torch.tensor(
+                [crop_id for crop_id, part in parts for _ in part["rles"]], dtype=torch.long
+            ),
+            crop_boxes=boxes,
+            image_size=(height, width),
+            pred_iou_thresh=iou_thresh,
+            stability_score_thresh=stab_thresh,
+        )
+
+    def _decode_points(
+        self,
+        points: np.ndarray,
+        crop_box: list[int],
+        image_size: tuple[int, int],
+        iou_thresh: float,
+        stab_thresh: float,
+    ) -> dict[str, Any]:
+        """Decode `P x 2` points (crop frame, float64) on the current crop embedding."""
+        sam, predictor = self.model, self.predictor
+        crop_size = (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0])
+        coords = predictor.transform.apply_coords(points, crop_size)  # float64, input frame
+        coords = torch.as_tensor(coords, device=sam.device)[:, None, :]
+        labels = torch.ones(coords.shape[:2], dtype=torch.int, device=sam.device)
+        sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        low_res, iou_preds = sam.mask_decoder(
+            image_embeddings=predictor.features,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+            image_index=torch.zeros(len(points), dtype=torch.long, device=sam.device),
+        )
+        n_out = low_res.shape[1]
+        low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
+        point_of = torch.arange(len(points), device=sam.device).repeat_interleave(n_out)
+
+        keep = torch.ones_like(iou_preds, dtype=torch.bool)
+        if iou_thresh > 0:  # on the low-res outputs: only the masks that pass get upscaled
+            keep = iou_preds > iou_thresh
+        logits = sam.postprocess_masks(low_res[keep][:, None], predictor.input_size, crop_size)
+        logits = logits[:, 0]  # K x h x w logits, crop frame
+        stability = stability_score(logits, sam.mask_threshold, self.stability_score_offset)
+        stable = torch.ones_like(stability, dtype=torch.bool)
+        if stab_thresh > 0:
+            stable = stability >= stab_thresh
+        masks = logits[stable] > sam.mask_threshold
+        boxes = mask_boxes(masks)
+        inside = ~near_crop_edge(boxes, crop_box, [0, 0, image_size[1], image_size[0]])
+        masks, boxes = masks[inside], boxes[inside]
+        picked = keep.nonzero().flatten()[stable][inside]
+
+        point_xy = torch.as_tensor(points)[point_of[picked].cpu()]
+        return {
+            "rles": masks_to_rle(uncrop_masks(masks, crop_box, *image_size)),
+            "boxes": uncrop_boxes(boxes, crop_box).cpu(),
+            "areas": masks.sum(dim=(1, 2)).cpu(),
+            "iou_preds": iou_preds[picked].float().cpu(),
+            "stability": stability[stable][inside].float().cpu(),
+            "points": uncrop_points(point_xy, crop_box),
+        }
+
+    def select(
+        self,
+        candidates: MaskCandidates,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Filter candidates by the thresholds (the generator's own unless given), run the
+        NMS steps and the small-region clean-up, and return records, as `generate` would
+        have with those thresholds.
+
+        Each record: `segmentation` (per `output_mode`), `area` (int), `bbox` [x, y, w, h]
+        with w = x1 - x0 on the inclusive box (as the official generator), `predicted_iou`,
+        `point_coords` [[x, y]], `stability_score`, `crop_box` [x, y, w, h].
+        """
+        iou_thresh = self.pred_iou_thresh if pred_iou_thresh is None else float(pred_iou_thresh)
+        stab_thresh = (
+            self.stability_score_thresh
+            if stability_score_thresh is None
+            else float(stability_score_thresh)
+        )
+        if (
+            iou_thresh < candidates.pred_iou_thresh
+            or stab_thresh < candidates.stability_score_thresh
+        ):
+            raise ValueError(
+                "select thresholds must be at least those the candidates were proposed with "
+                f"({candidates.pred_iou_thresh}, {candidates.stability_score_thresh})"
+            )
+        keep = torch.ones(len(candidates), dtype=torch.bool)
+        if iou_thresh > 0:
+            keep &= candidates.iou_preds > iou_thresh
+        if stab_thresh > 0:
+            keep &= candidates.stability >= stab_thresh
+        kept = candidates.subset(keep)
+
+        within_crops = []  # NMS inside each crop, by predicted IoU
+        for crop_id in range(len(kept.crop_boxes)):
+            rows = (kept.crop_ids == crop_id).nonzero().flatten()
+            order = batched_nms(
+                kept.boxes[rows].float(), kept.iou_preds[rows], None, self.box_nms_thresh
+            )
+            within_crops.append(rows[order])
+        kept = kept.subset(torch.cat(within_crops))
+
+        if len(kept.crop_boxes) > 1:  # across crops, masks from smaller crops first
+            crop_xyxy = torch.tensor(kept.crop_boxes, dtype=torch.long)[kept.crop_ids]
+            crop_area = (crop_xyxy[:, 2] - crop_xyxy[:, 0]) * (crop_xyxy[:, 3] - crop_xyxy[:, 1])
+            order = batched_nms(kept.boxes.float(), 1 / crop_area, None, self.crop_nms_thresh)
+            kept = kept.subset(order)
+
+        if self.min_mask_region_area > 0 and len(kept) > 0:
+            kept = self._clean_small_regions(kept)
+        return self._records(kept)
+
+    def _clean_small_regions(self, kept: MaskCandidates) -> MaskCandidates:
+        """Fill small holes, drop small islands, then NMS again preferring untouched masks."""
+        cleaned, changed = [], []
+        for mask in rles_to_masks(kept.rles):
+            mask, filled = remove_small_regions(mask, self.min_mask_region_area, "holes")
+            mask, dropped = remove_small_regions(mask, self.min_mask_region_area, "islands")
+            cleaned.append(mask)
+            changed.append(filled or dropped)
+        masks = torch.as_tensor(np.stack(cleaned))
+        boxes = mask_boxes(masks)
+        scores = 1.0 - torch.tensor(changed, dtype=torch.float32)
+        threshold = max(self.box_nms_thresh, self.crop_nms_thresh)
+        order = batched_nms(boxes.float(), scores, None, threshold)
+        rles, new_boxes, areas = list(kept.rles), kept.boxes.clone(), kept.areas.clone()
+        redo = [i for i in order.tolist() if changed[i]]
+        if redo:
+            for i, rle in zip(redo, masks_to_rle(masks[redo]), strict=True):
+                rles[i] = rle
+            new_boxes[redo] = boxes[redo]
+            areas[redo] = masks[redo].sum(dim=(1, 2))
+        return replace(kept, rles=rles, boxes=new_boxes, areas=areas).subset(order)
+
+    def _records(self, kept: MaskCandidates) -> list[dict[str, Any]]:
+        if len(kept) == 0:
+            return []
+        if self.output_mode == "binary_mask":
+            segmentations: list[Any] = list(rles_to_masks(kept.rles))
+        elif self.output_mode == "coco_rle":
+            segmentations = rle_to_coco(kept.rles)
+        else:
+            segmentations = kept.rles
+        columns = zip(
+            segmentations,
+            kept.areas.tolist(),
+            kept.boxes.tolist(),
+            kept.iou_preds.tolist(),
+            kept.points.tolist(),
+            kept.stability.tolist(),
+            kept.crop_ids.tolist(),
+            strict=True,
+        )
+        records = []
+        for segmentation, area, box, iou, point, stability, crop_id in columns:
+            records.append(
+                {
+                    "segmentation": segmentation,
+                    "area": area,
+                    "bbox": _xywh(box),
+                    "predicted_iou": iou,
+                    "point_coords": [point],
+                    "stability_score": stability,
+                    "crop_box": _xywh(kept.crop_boxes[crop_id]),
+                }
+            )
+        return records
+
+
+def _xywh(box: Sequence[int]) -> list[int]:
+    """[x0, y0, x1, y1] -> [x0, y0, x1 - x0, y1 - y0]."""
+    x0, y0, x1, y1 = box
+    return [x0, y0, x1 - x0, y1 - y0]
