@@ -14,41 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from demo_cli import demo_overrides, run_samft
 
 from samft.data.synthetic import write_shapes_dataset
 
-
-def _overrides(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "+experiment=demo",
-        "logger=csv",
-        f"hydra.run.dir={out}",
-        f"generate_dataset.root={data}",
-        "generate_dataset.num_train=8",
-        "generate_dataset.num_val=4",
-        f"data.train.annotations={data}/annotations_train.json",
-        f"data.train.images={data}/images",
-        f"data.val.annotations={data}/annotations_val.json",
-        f"data.val.images={data}/images",
-        "data.batch_size=2",
-        "interactive.val_clicks=[1]",
-        "trainer.enable_progress_bar=false",
-        *extra,
-    ]
-
-
-def _run(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
-    env.pop("SAMFT_COMMAND", None)
-    return subprocess.run(
-        [sys.executable, "-m", "samft", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        **kwargs,
-    )
+_overrides = demo_overrides
+_run = run_samft
 
 
 def _metrics(out: Path) -> list[dict]:

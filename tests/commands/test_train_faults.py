@@ -13,38 +13,17 @@ import time
 from pathlib import Path
 
 import torch
+from demo_cli import demo_overrides, run_samft
 
 from samft.train.run_lock import LOCK_NAME
 
 
 def _overrides(data: Path, out: Path, *extra: str) -> list[str]:
-    """The demo recipe on 8 + 4 generated images, CSV logging only (as test_train_cli)."""
-    return [
-        "train",
-        "+experiment=demo",
-        "logger=csv",
-        f"hydra.run.dir={out}",
-        f"generate_dataset.root={data}",
-        "generate_dataset.num_train=8",
-        "generate_dataset.num_val=4",
-        f"data.train.annotations={data}/annotations_train.json",
-        f"data.train.images={data}/images",
-        f"data.val.annotations={data}/annotations_val.json",
-        f"data.val.images={data}/images",
-        "data.batch_size=2",
-        "interactive.val_clicks=[1]",
-        "trainer.enable_progress_bar=false",
-        "trainer.log_every_n_steps=1",
-        *extra,
-    ]
+    return demo_overrides(data, out, "trainer.log_every_n_steps=1", *extra)
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("SAMFT_COMMAND", None)
-    return subprocess.run(
-        [sys.executable, "-m", "samft", *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
+    return run_samft(args, cwd)
 
 
 def test_diverging_run_stops_non_zero_and_saves_no_best(tmp_path):
