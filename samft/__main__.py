@@ -23,6 +23,7 @@ COMMANDS = {
     "train": "Fine-tune SAM (Lightning Trainer.fit).",
     "eval": "Score checkpoints on a dataset: mIoU / Dice per prompt type, clicks and size.",
     "predict": "Masks, scores and overlays for images and a prompts file.",
+    "segment": "Segment everything: instance masks from a point grid, per image.",
     "export": "Write a checkpoint in the official layout (.pth/.safetensors) or ONNX.",
     "cache": "Precompute image embeddings of a frozen encoder.",
     "data": "Dataset statistics and a picture of augmented samples with prompts.",

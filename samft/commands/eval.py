@@ -2,7 +2,8 @@
 
 Thin Hydra app around `samft.evaluate`: picks the dataset spec of the chosen split (from
 the config, or from the training run a checkpoint came from), evaluates each checkpoint,
-prints the table and writes the JSON report.
+prints the table and writes the JSON report. `mode=prompted` (the default) scores prompts;
+`mode=instance` scores automatic masks (`samft.commands.eval_instance`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, MissingMandatoryValue, OmegaConf
 
 from samft.commands.accelerator import check_accelerator
+from samft.commands.eval_instance import evaluate_instances
 from samft.evaluate.prompted import evaluate_checkpoint
 from samft.evaluate.report import build_report, format_table
 from samft.io.files import prepare_output_dir, write_json_atomic
@@ -26,6 +28,7 @@ from samft.weights.lightning import read_lightning_info
 
 log = logging.getLogger(__name__)
 
+MODES = ("prompted", "instance")
 # Trainer arguments eval decides itself: no logger or checkpoint files from a test run.
 FORCED_TRAINER_OPTIONS = {"logger": False, "enable_checkpointing": False, "callbacks": None}
 
@@ -178,11 +181,15 @@ def table_notes(settings: dict[str, Any], source: str) -> str:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the configured checkpoint(s); returns the JSON report."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"mode={cfg.mode}; expected one of {list(MODES)}")
     checkpoints = checkpoint_list(cfg.checkpoint)
     output = Path(cfg.output)
     prepare_output_dir(output.parent, f"output={cfg.output}")
     check_accelerator(cfg.trainer)
     spec, data, source = dataset_settings(cfg, checkpoints)
+    if cfg.mode == "instance":
+        return evaluate_instances(cfg, checkpoints, spec, source)
     trainer_options = OmegaConf.to_container(cfg.trainer, resolve=True) if cfg.trainer else {}
     trainer_options.pop("_target_", None)
     # nested `_target_` specs (plugins, a strategy) become objects, as `samft train` builds them

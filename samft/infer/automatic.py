@@ -11,7 +11,8 @@ Two stages, so that thresholds can be swept without running the model again:
 `propose(image)` runs the model and returns every mask that passes the thresholds, before
 NMS (`MaskCandidates`); `select(candidates, pred_iou_thresh, stability_score_thresh)`
 filters them with thresholds at least as strict, runs NMS and returns the records.
-`generate(image)` is both with the generator's own thresholds.
+`generate(image)` is both with the generator's own thresholds. The candidates, their
+selection and the records live in `samft.infer.mask_candidates`.
 
 Where the work goes: one encoder pass per crop (`SamPredictor.set_image`: the predictor's
 resize and the model's own `preprocess`); the points of a call go through the decoder
@@ -26,30 +27,26 @@ avoid page faults (`CPU_CALL_BYTES`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from samft.infer.mask_candidates import OUTPUT_MODES, MaskCandidates, select_masks, to_records
 from samft.infer.mask_ops import (
-    batched_nms,
     crop_boxes,
     layer_point_grids,
     mask_boxes,
     near_crop_edge,
-    remove_small_regions,
     stability_score,
     uncrop_boxes,
     uncrop_masks,
     uncrop_points,
 )
 from samft.infer.predictor import SamPredictor
-from samft.infer.rle import Rle, masks_to_rle, rle_to_coco, rles_to_masks
+from samft.infer.rle import masks_to_rle
 from samft.model.sam import Sam
-
-OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
 # On the CPU, points per decoder call are also limited so that the decoder's largest
 # per-call temporary (the upscaled image features, points x C/8 x 4h x 4w floats) stays
@@ -58,46 +55,6 @@ OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 # (LiteMedSAM, 64 points per call: 11 s of page faults beside 12 s of compute for 256
 # points; 3 points per call: 0.5 s).
 CPU_CALL_BYTES = 24 * 2**20
-
-
-@dataclass
-class MaskCandidates:
-    """The masks of one image that passed the thresholds of `propose`, before any NMS.
-
-    Rows are in the order the model produced them (crop by crop, point by point, then the
-    three answers of a point). All tensors are on the CPU; frames are the original image's.
-    """
-
-    rles: list[Rle]  # K uncompressed RLEs, H x W
-    boxes: Tensor  # K x 4 int64 (x0, y0, x1, y1), inclusive
-    areas: Tensor  # K int64 pixels
-    iou_preds: Tensor  # K float32
-    stability: Tensor  # K float32
-    points: Tensor  # K x 2 float64 (x, y) the prompt of each mask
-    crop_ids: Tensor  # K int64, index into crop_boxes
-    crop_boxes: list[list[int]]  # all crops of the image, [x0, y0, x1, y1]
-    image_size: tuple[int, int]  # (H, W)
-    pred_iou_thresh: float  # the thresholds these candidates were filtered with
-    stability_score_thresh: float
-
-    def __len__(self) -> int:
-        return len(self.rles)
-
-    def subset(self, index: Tensor) -> MaskCandidates:
-        """The rows picked by a bool mask or an int64 index (in that order)."""
-        if index.dtype == torch.bool:
-            index = index.nonzero().flatten()
-        picks = index.tolist()
-        return replace(
-            self,
-            rles=[self.rles[i] for i in picks],
-            boxes=self.boxes[index],
-            areas=self.areas[index],
-            iou_preds=self.iou_preds[index],
-            stability=self.stability[index],
-            points=self.points[index],
-            crop_ids=self.crop_ids[index],
-        )
 
 
 class AutomaticMaskGenerator:
@@ -313,98 +270,12 @@ class AutomaticMaskGenerator:
             if stability_score_thresh is None
             else float(stability_score_thresh)
         )
-        if (
-            iou_thresh < candidates.pred_iou_thresh
-            or stab_thresh < candidates.stability_score_thresh
-        ):
-            raise ValueError(
-                "select thresholds must be at least those the candidates were proposed with "
-                f"({candidates.pred_iou_thresh}, {candidates.stability_score_thresh})"
-            )
-        keep = torch.ones(len(candidates), dtype=torch.bool)
-        if iou_thresh > 0:
-            keep &= candidates.iou_preds > iou_thresh
-        if stab_thresh > 0:
-            keep &= candidates.stability >= stab_thresh
-        kept = candidates.subset(keep)
-
-        within_crops = []  # NMS inside each crop, by predicted IoU
-        for crop_id in range(len(kept.crop_boxes)):
-            rows = (kept.crop_ids == crop_id).nonzero().flatten()
-            order = batched_nms(
-                kept.boxes[rows].float(), kept.iou_preds[rows], None, self.box_nms_thresh
-            )
-            within_crops.append(rows[order])
-        kept = kept.subset(torch.cat(within_crops))
-
-        if len(kept.crop_boxes) > 1:  # across crops, masks from smaller crops first
-            crop_xyxy = torch.tensor(kept.crop_boxes, dtype=torch.long)[kept.crop_ids]
-            crop_area = (crop_xyxy[:, 2] - crop_xyxy[:, 0]) * (crop_xyxy[:, 3] - crop_xyxy[:, 1])
-            order = batched_nms(kept.boxes.float(), 1 / crop_area, None, self.crop_nms_thresh)
-            kept = kept.subset(order)
-
-        if self.min_mask_region_area > 0 and len(kept) > 0:
-            kept = self._clean_small_regions(kept)
-        return self._records(kept)
-
-    def _clean_small_regions(self, kept: MaskCandidates) -> MaskCandidates:
-        """Fill small holes, drop small islands, then NMS again preferring untouched masks."""
-        cleaned, changed = [], []
-        for mask in rles_to_masks(kept.rles):
-            mask, filled = remove_small_regions(mask, self.min_mask_region_area, "holes")
-            mask, dropped = remove_small_regions(mask, self.min_mask_region_area, "islands")
-            cleaned.append(mask)
-            changed.append(filled or dropped)
-        masks = torch.as_tensor(np.stack(cleaned))
-        boxes = mask_boxes(masks)
-        scores = 1.0 - torch.tensor(changed, dtype=torch.float32)
-        threshold = max(self.box_nms_thresh, self.crop_nms_thresh)
-        order = batched_nms(boxes.float(), scores, None, threshold)
-        rles, new_boxes, areas = list(kept.rles), kept.boxes.clone(), kept.areas.clone()
-        redo = [i for i in order.tolist() if changed[i]]
-        if redo:
-            for i, rle in zip(redo, masks_to_rle(masks[redo]), strict=True):
-                rles[i] = rle
-            new_boxes[redo] = boxes[redo]
-            areas[redo] = masks[redo].sum(dim=(1, 2))
-        return replace(kept, rles=rles, boxes=new_boxes, areas=areas).subset(order)
-
-    def _records(self, kept: MaskCandidates) -> list[dict[str, Any]]:
-        if len(kept) == 0:
-            return []
-        if self.output_mode == "binary_mask":
-            segmentations: list[Any] = list(rles_to_masks(kept.rles))
-        elif self.output_mode == "coco_rle":
-            segmentations = rle_to_coco(kept.rles)
-        else:
-            segmentations = kept.rles
-        columns = zip(
-            segmentations,
-            kept.areas.tolist(),
-            kept.boxes.tolist(),
-            kept.iou_preds.tolist(),
-            kept.points.tolist(),
-            kept.stability.tolist(),
-            kept.crop_ids.tolist(),
-            strict=True,
+        kept = select_masks(
+            candidates,
+            iou_thresh,
+            stab_thresh,
+            self.box_nms_thresh,
+            self.crop_nms_thresh,
+            self.min_mask_region_area,
         )
-        records = []
-        for segmentation, area, box, iou, point, stability, crop_id in columns:
-            records.append(
-                {
-                    "segmentation": segmentation,
-                    "area": area,
-                    "bbox": _xywh(box),
-                    "predicted_iou": iou,
-                    "point_coords": [point],
-                    "stability_score": stability,
-                    "crop_box": _xywh(kept.crop_boxes[crop_id]),
-                }
-            )
-        return records
-
-
-def _xywh(box: Sequence[int]) -> list[int]:
-    """[x0, y0, x1, y1] -> [x0, y0, x1 - x0, y1 - y0]."""
-    x0, y0, x1, y1 = box
-    return [x0, y0, x1 - x0, y1 - y0]
+        return to_records(kept, self.output_mode)

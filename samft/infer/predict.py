@@ -34,6 +34,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MULTIMASK_CHOICES = ("auto", True, False)
 
 
+class InputNotFoundError(FileNotFoundError, ValueError):
+    """`input=` names no image: a user error (a short message, exit 2), still a
+    FileNotFoundError for callers that catch that."""
+
+
 def list_images(input_path: str | Path) -> list[tuple[Path, str]]:
     """(path, key) of the image `input_path` or of every image under that folder.
 
@@ -43,12 +48,12 @@ def list_images(input_path: str | Path) -> list[tuple[Path, str]]:
     if input_path.is_file():
         return [(input_path, input_path.name)]
     if not input_path.is_dir():
-        raise FileNotFoundError(f"input={input_path}: no such image or folder")
+        raise InputNotFoundError(f"input={input_path}: no such image or folder")
     found = sorted(
         p for p in input_path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
     if not found:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"input={input_path}: the folder holds no image ({', '.join(IMAGE_SUFFIXES)})"
         )
     return [(p, p.relative_to(input_path).as_posix()) for p in found]

@@ -29,6 +29,7 @@ from samft.weights.lightning import SIDECAR_FORMAT, final_validation_metrics, re
 from samft.weights.load import load_sam, read_sam_state_dict
 from samft.weights.save import save_sam
 from samft.weights.shapes import infer_image_size
+from samft.weights.thresholds import SIDECAR_KEY, check_thresholds
 from samft.weights.transformers_layout import (
     transformers_weights_path,
     write_transformers_checkpoint,
@@ -44,6 +45,7 @@ def export_checkpoint(
     format: str = "official",
     variant: str | None = None,
     return_single_mask: bool = True,
+    automatic_thresholds: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Export `checkpoint` to `output` (extension optional) plus the sidecar `<stem>.json`.
 
@@ -53,10 +55,14 @@ def export_checkpoint(
     `SamModel` (see `samft.weights.transformers_layout`). variant: checked against the
     file when given. Returns the written paths by name ("pth", "safetensors", "encoder",
     "decoder", "transformers_config", "transformers_weights",
-    "transformers_preprocessor", "sidecar").
+    "transformers_preprocessor", "sidecar"). automatic_thresholds: `pred_iou_thresh` and
+    `stability_score_thresh` for `samft segment` (e.g. chosen by `samft eval
+    mode=instance`), written into the sidecar as `automatic_thresholds`.
     """
     if format not in FORMATS:
         raise ValueError(f"export format={format!r}; expected one of {list(FORMATS)}")
+    if automatic_thresholds is not None:
+        automatic_thresholds = check_thresholds(automatic_thresholds, "automatic_thresholds")
     checkpoint = resolve_checkpoint(checkpoint)
     stem = output_stem(output)
     prepare_output_dir(stem.parent, f"output={output}")
@@ -85,7 +91,7 @@ def export_checkpoint(
     source = checkpoint
     if checkpoint.is_dir():  # a transformers folder: trace the export to its weights file
         source = transformers_weights_path(checkpoint)
-    sidecar = build_sidecar(source, found_variant, image_size, info, written)
+    sidecar = build_sidecar(source, found_variant, image_size, info, written, automatic_thresholds)
     if format == "transformers":  # the files lie in <stem>/, beside the sidecar
         for name in written:
             sidecar["files"][name]["path"] = f"{stem.name}/{written[name].name}"
@@ -145,10 +151,13 @@ def build_sidecar(
     image_size: int,
     info: Mapping[str, Any] | None,
     files: Mapping[str, Path],
+    automatic_thresholds: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON record written beside an export."""
+    """The JSON record written beside an export; `automatic_thresholds` (the automatic
+    mask generator's, see `samft.weights.thresholds`) only when given, so that merging
+    with an earlier sidecar of the same source keeps the thresholds it holds."""
     metrics, metrics_source = final_validation_metrics(checkpoint, info)
-    return {
+    sidecar = {
         "format": SIDECAR_FORMAT,
         "variant": variant,
         "image_size": image_size,
@@ -169,6 +178,9 @@ def build_sidecar(
         "validation_metrics_source": metrics_source,
         "files": {name: _file_entry(path) for name, path in files.items()},
     }
+    if automatic_thresholds is not None:
+        sidecar[SIDECAR_KEY] = check_thresholds(automatic_thresholds, SIDECAR_KEY)
+    return sidecar
 
 
 def _default_permissions(path: Path) -> None:

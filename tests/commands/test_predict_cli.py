@@ -81,3 +81,17 @@ def test_predict_with_an_empty_prompts_file_is_a_clear_error(weights, ct_organs,
             ]
         )
     assert f"prompts file {prompts} is empty" in capsys.readouterr().err
+
+
+def test_missing_input_is_a_short_error_not_a_traceback(tmp_path):
+    from demo_cli import run_samft
+
+    prompts = tmp_path / "p.json"
+    prompts.write_text('{"a.png": [{"points": [[1, 1]], "labels": [1]}]}')
+    result = run_samft(
+        ["predict", "checkpoint=x.pth", f"input={tmp_path}/nope", f"prompts={prompts}",
+         f"output={tmp_path}/out"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "no such image or folder" in result.stderr and "Traceback" not in result.stderr

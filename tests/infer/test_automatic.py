@@ -26,9 +26,9 @@ from reference_tinyvit import (
 )
 from torch import nn
 
-from samft.evaluate.instance import segmentation_mask
 from samft.infer import mask_ops
 from samft.infer.automatic import AutomaticMaskGenerator
+from samft.infer.record_masks import segmentation_mask
 from samft.model.mask_decoder import MaskDecoder
 from samft.model.prompt_encoder import PromptEncoder
 from samft.model.registry import build_sam

@@ -1,11 +1,13 @@
-"""Instance metrics (`samft.evaluate.instance`) on small cases computed by hand."""
+"""Instance metrics (`samft.evaluate.instance`, `.coco_ap`, `.threshold_search`) and records
+as labels (`samft.infer.record_masks`) on small cases computed by hand."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from samft.evaluate import instance
+from samft.evaluate import coco_ap, instance, threshold_search
+from samft.infer import record_masks
 from samft.infer.rle import masks_to_coco, masks_to_rle
 
 
@@ -104,17 +106,17 @@ def test_records_to_labels_paints_like_micro_sam():
     apart = np.zeros_like(big)
     apart[4:6, 4:6] = True  # 4 px
     records = [_record(m) for m in (inside, apart, big, cutter)]
-    labels = instance.records_to_labels(records, (6, 6))
+    labels = record_masks.records_to_labels(records, (6, 6))
     np.testing.assert_array_equal(labels, big * 1 + apart * 2)
     # min_object_size skips small records and small painted pieces
-    assert set(np.unique(instance.records_to_labels(records, (6, 6), 5))) == {0, 1}
+    assert set(np.unique(record_masks.records_to_labels(records, (6, 6), 5))) == {0, 1}
     # with_background clears the largest label: here the background itself (harmless)
     np.testing.assert_array_equal(
-        instance.records_to_labels(records, (6, 6), with_background=True), labels
+        record_masks.records_to_labels(records, (6, 6), with_background=True), labels
     )
     huge = np.ones((6, 6), bool)
     huge[4:6, 4:6] = False  # 32 px around the apart mask
-    cleared = instance.records_to_labels([_record(huge), _record(apart)], (6, 6), 0, True)
+    cleared = record_masks.records_to_labels([_record(huge), _record(apart)], (6, 6), 0, True)
     np.testing.assert_array_equal(cleared, apart * 1)
 
 
@@ -124,9 +126,9 @@ def test_records_to_labels_splits_components():
     bar = np.zeros_like(wide)
     bar[:, 3] = True  # 5 px ... smaller, so the wide one is painted first and keeps row 1-3
     records = [_record(wide), _record(bar)]
-    plain = instance.records_to_labels(records, (5, 7))
+    plain = record_masks.records_to_labels(records, (5, 7))
     assert set(np.unique(plain)) == {0, 1, 2}  # the bar keeps (0, 3) and (4, 3): one label
-    split = instance.records_to_labels(records, (5, 7), split_components=True)
+    split = record_masks.records_to_labels(records, (5, 7), split_components=True)
     assert set(np.unique(split)) == {0, 1, 2, 3}
     assert len({split[0, 3], split[4, 3]}) == 2
 
@@ -134,12 +136,12 @@ def test_records_to_labels_splits_components():
 def test_coco_mask_ap_by_hand():
     gt = _labels((8, 8), a=(1, 0, 2, 0, 2), b=(2, 4, 8, 4, 6))
     exact = [_record(gt == 1), _record(gt == 2, iou=0.5)]
-    assert instance.coco_mask_ap([exact], [gt]) == {"AP": 1.0, "AP50": 1.0, "AP75": 1.0}
+    assert coco_ap.coco_mask_ap([exact], [gt]) == {"AP": 1.0, "AP50": 1.0, "AP75": 1.0}
     # object b (8 px) predicted with 3 px more: IoU 8/11 = 0.727, a hit at t <= 0.70 only
     partial = (gt == 2).copy()
     partial[4:7, 6] = True
     records = [_record(gt == 1), _record(partial)]
-    result = instance.coco_mask_ap([records], [gt])
+    result = coco_ap.coco_mask_ap([records], [gt])
     # where b is missed: a hit (precision 1 up to recall 0.5), then the miss: COCO's
     # 101-point interpolated AP is 51/101 (recall points 0.00 .. 0.50)
     half = 51 / 101
@@ -149,10 +151,10 @@ def test_coco_mask_ap_by_hand():
     # the same masks as uncompressed or COCO RLEs give the same numbers
     as_rle = [dict(r, segmentation=masks_to_rle_np(r["segmentation"])) for r in records]
     as_coco = [dict(r, segmentation=masks_to_coco(r["segmentation"][None])[0]) for r in records]
-    assert instance.coco_mask_ap([as_rle], [gt]) == result
-    assert instance.coco_mask_ap([as_coco], [np.stack([gt == 1, gt == 2])]) == result
-    assert instance.coco_mask_ap([[]], [gt])["AP"] == 0.0
-    assert np.isnan(instance.coco_mask_ap([records], [np.zeros((8, 8), int)])["AP"])
+    assert coco_ap.coco_mask_ap([as_rle], [gt]) == result
+    assert coco_ap.coco_mask_ap([as_coco], [np.stack([gt == 1, gt == 2])]) == result
+    assert coco_ap.coco_mask_ap([[]], [gt])["AP"] == 0.0
+    assert np.isnan(coco_ap.coco_mask_ap([records], [np.zeros((8, 8), int)])["AP"])
 
 
 def masks_to_rle_np(mask: np.ndarray) -> dict:
@@ -187,7 +189,7 @@ def test_grid_search_proposes_once_per_image_and_picks_the_best_cell():
     bad[6:8, 6:8] = True
     fake = _FakeGenerator(gt == 1, bad)
     image = np.zeros((8, 8, 3), np.uint8)
-    result = instance.grid_search(fake, [image, image], [gt, gt], [0.6, 0.7], [0.6, 0.92])
+    result = threshold_search.grid_search(fake, [image, image], [gt, gt], [0.6, 0.7], [0.6, 0.92])
     assert fake.proposals == [(0.6, 0.6), (0.6, 0.6)]
     msa = {(r["pred_iou_thresh"], r["stability_score_thresh"]): r["mSA"] for r in result.rows}
     # both kept: TP 1, FP 1 -> 0.5; only the bad one or none: 0; only the good one: 1
@@ -196,7 +198,7 @@ def test_grid_search_proposes_once_per_image_and_picks_the_best_cell():
 
 
 def test_default_search_values_are_micro_sams():
-    ious, stabilities = instance.default_search_values()
+    ious, stabilities = threshold_search.default_search_values()
     assert ious[0] == 0.6 and ious[-1] == 0.9 and len(ious) == 13
     assert stabilities[0] == 0.6 and stabilities[-1] == 0.95 and len(stabilities) == 15
     assert ious[1] == 0.625

@@ -1,0 +1,150 @@
+"""`python -m samft eval mode=instance ...`: the segment-everything half of `eval`.
+
+Reads `instance.*` of conf/eval.yaml, scores each checkpoint with
+`samft.evaluate.automatic.evaluate_automatic`, prints the table, writes the JSON report and,
+with `instance.write_thresholds_to`, stores each checkpoint's chosen thresholds in its
+export's sidecar (where `samft segment` finds them).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from samft.evaluate.automatic import evaluate_automatic
+from samft.evaluate.instance_report import (
+    build_instance_report,
+    format_instance_table,
+    instance_notes,
+)
+from samft.evaluate.threshold_search import search_cells
+from samft.io.files import sha256_file, write_json_atomic
+from samft.weights.known import resolve_checkpoint
+from samft.weights.thresholds import read_sidecar, write_sidecar_thresholds
+
+log = logging.getLogger(__name__)
+
+WRITE_KEY = "instance.write_thresholds_to"
+
+
+def device_of(trainer: Mapping[str, Any] | None) -> str:
+    """The torch device for `trainer.accelerator` (cpu, gpu/cuda, mps; else auto)."""
+    accelerator = str((trainer or {}).get("accelerator", "auto")).lower()
+    return {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "mps": "mps"}.get(accelerator, "auto")
+
+
+def grid_values(fixed: Any, values: Any, key: str) -> list[float] | None:
+    """The values searched for one threshold: `[fixed]` when it is set, else the list
+    (None: micro-sam's default grid)."""
+    if fixed is not None:
+        return [float(fixed)]
+    if values is None:
+        return None
+    if not isinstance(values, (list, tuple, ListConfig)) or not values:
+        raise ValueError(f"instance.{key}s={values!r}; expected a list such as [0.7,0.8,0.9]")
+    return [float(v) for v in values]
+
+
+def sidecar_targets(value: Any, checkpoints: Sequence[str]) -> list[Path | None]:
+    """`instance.write_thresholds_to` as one sidecar (or None) per checkpoint, each checked
+    to be the sidecar of an export of that checkpoint, before any model runs."""
+    if value is None:
+        return [None] * len(checkpoints)
+    if isinstance(value, (list, tuple, ListConfig)):
+        targets = list(value)
+    elif len(checkpoints) == 1:
+        targets = [value]
+    else:
+        raise ValueError(
+            f"{WRITE_KEY}={value} with two checkpoints: give one sidecar per checkpoint, "
+            f"e.g. {WRITE_KEY}=[null,exports/b.json]"
+        )
+    if len(targets) != len(checkpoints):
+        raise ValueError(
+            f"{WRITE_KEY}: {len(targets)} path(s) for {len(checkpoints)} checkpoint(s)"
+        )
+    paths: list[Path | None] = []
+    for target, checkpoint in zip(targets, checkpoints, strict=True):
+        if target is None:
+            paths.append(None)
+            continue
+        sidecar = read_sidecar(target, f"{WRITE_KEY}={target}")
+        digest = sha256_file(resolve_checkpoint(checkpoint))
+        known = {sidecar.get("source", {}).get("sha256")}
+        known |= {entry.get("sha256") for entry in sidecar.get("files", {}).values()}
+        if digest not in known:
+            raise ValueError(
+                f"{WRITE_KEY}={target} describes another model than checkpoint={checkpoint} "
+                "(neither its source nor its files have that checkpoint's sha256); give the "
+                "sidecar of this checkpoint's export"
+            )
+        paths.append(Path(target))
+    return paths
+
+
+def evaluate_instances(
+    cfg: DictConfig, checkpoints: Sequence[str], spec: dict, source: str
+) -> dict[str, Any]:
+    """Instance mode of `samft eval`; returns the JSON report."""
+    opts = cfg.instance
+    ious = grid_values(opts.pred_iou_thresh, opts.pred_iou_threshs, "pred_iou_thresh")
+    stabilities = grid_values(
+        opts.stability_score_thresh, opts.stability_score_threshs, "stability_score_thresh"
+    )
+    targets = sidecar_targets(opts.write_thresholds_to, checkpoints)
+    settings = {
+        "mode": "instance",
+        "split": cfg.split,
+        "dataset": spec,
+        "dataset_source": source,
+        **OmegaConf.to_container(opts, resolve=True),
+        "grid_cells": len(search_cells(ious, stabilities)),
+        "max_images": cfg.max_images,
+    }
+    results = [
+        evaluate_automatic(
+            path,
+            spec,
+            points_per_side=opts.points_per_side,
+            points_per_batch=opts.points_per_batch,
+            crop_n_layers=opts.crop_n_layers,
+            pred_iou_threshs=ious,
+            stability_score_threshs=stabilities,
+            criterion=opts.criterion,
+            min_object_size=opts.min_object_size,
+            max_images=cfg.max_images,
+            variant=cfg.variant,
+            device=device_of(cfg.trainer),
+            name=f"data.{cfg.split}",
+        )
+        for path in checkpoints
+    ]
+    report = build_instance_report(results, settings)
+    table = format_instance_table(results)
+    print(table, instance_notes(settings, source), sep="\n", flush=True)
+    write_json_atomic(Path(cfg.output), report)
+    log.info("report written to %s", cfg.output)
+    for target, result in zip(targets, results, strict=True):
+        if target is not None:
+            metrics = result.summary.metrics
+            write_sidecar_thresholds(
+                target,
+                {
+                    "pred_iou_thresh": metrics["pred_iou_thresh"],
+                    "stability_score_thresh": metrics["stability_score_thresh"],
+                    "criterion": opts.criterion,
+                    opts.criterion: result.search.best[opts.criterion],
+                    "points_per_side": opts.points_per_side,
+                    "crop_n_layers": opts.crop_n_layers,
+                    "chosen_on": f"split {cfg.split}, {source}",
+                    "chosen_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                },
+                f"{WRITE_KEY}={target}",
+            )
+            log.info("thresholds of %s written to %s", result.summary.path, target)
+    return report

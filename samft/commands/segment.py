@@ -1,0 +1,54 @@
+"""`python -m samft segment checkpoint=PATH input=IMAGE_OR_FOLDER output=DIR [key=value ...]`.
+
+Segment everything: for every image, an instance-id PNG, the masks with their scores (COCO
+RLE, JSON) and an overlay, from a grid of point prompts. The work is
+`samft.infer.segment.segment`; this file only reads the config.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from samft.commands.accelerator import check_device
+from samft.infer.segment import segment
+
+REQUIRED = {
+    "checkpoint": "checkpoint=PATH",
+    "input": "input=IMAGE_OR_FOLDER",
+    "output": "output=DIR",
+}
+
+
+def check_required(cfg: DictConfig) -> None:
+    """One error naming every unset required argument."""
+    unset = [spelling for key, spelling in REQUIRED.items() if OmegaConf.is_missing(cfg, key)]
+    if unset:
+        raise ValueError(
+            f"missing {' '.join(unset)}; usage: python -m samft segment "
+            + " ".join(REQUIRED.values())
+        )
+
+
+@hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="segment")
+def main(cfg: DictConfig) -> None:
+    check_required(cfg)
+    check_device(cfg.device)
+    segment(
+        checkpoint=cfg.checkpoint,
+        input=cfg.input,
+        output=cfg.output,
+        points_per_side=cfg.points_per_side,
+        points_per_batch=cfg.points_per_batch,
+        pred_iou_thresh=cfg.pred_iou_thresh,
+        stability_score_thresh=cfg.stability_score_thresh,
+        stability_score_offset=cfg.stability_score_offset,
+        box_nms_thresh=cfg.box_nms_thresh,
+        crop_n_layers=cfg.crop_n_layers,
+        crop_n_points_downscale_factor=cfg.crop_n_points_downscale_factor,
+        min_mask_region_area=cfg.min_mask_region_area,
+        variant=cfg.variant,
+        image_size=cfg.image_size,
+        device=cfg.device,
+        overlay=cfg.overlay,
+    )

@@ -1,0 +1,215 @@
+"""Segment everything over files: every image of a folder through `AutomaticMaskGenerator`,
+written as an instance-id map, the masks with their scores, and an overlay.
+
+For every image under `input` it writes
+
+    DIR/<image>/labels.png    16-bit instance ids, 0 = background; masks are painted largest
+                              first, each on the pixels no larger mask took, so smaller ones
+                              stay visible (`records_to_labels`); ids 1..N
+    DIR/<image>/masks.json    every mask the generator kept, largest first, as COCO RLE with
+                              its `id` in labels.png (null when larger masks hide all of it),
+                              predicted_iou, stability_score, area, bbox [x, y, w, h],
+                              point_coords [[x, y]] and crop_box (original frame)
+    DIR/<image>/overlay.png   the image with every instance tinted and outlined
+    DIR/segments.json         the checkpoint, the settings, the thresholds and where they came
+                              from, and per image its counts and files
+
+where <image> is the image's path under `input` without its extension. Thresholds left null
+come from the checkpoint's export sidecar (`automatic_thresholds`, written by `samft eval
+mode=instance`), else are Meta's defaults (0.88 / 0.95).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from samft.data.errors import DataError
+from samft.data.images import read_rgb
+from samft.infer.automatic import AutomaticMaskGenerator
+from samft.infer.instance_overlay import draw_instances
+from samft.infer.predict import list_images
+from samft.infer.record_masks import records_to_labels, segmentation_mask
+from samft.io.files import prepare_output_dir, write_json_atomic
+from samft.weights import load_sam
+from samft.weights.known import resolve_checkpoint
+from samft.weights.thresholds import (
+    META_DEFAULTS,
+    THRESHOLD_KEYS,
+    check_thresholds,
+    sidecar_thresholds,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_LABEL = np.iinfo(np.uint16).max  # labels.png is 16-bit
+
+
+def resolve_thresholds(
+    checkpoint: str | Path,
+    pred_iou_thresh: float | None = None,
+    stability_score_thresh: float | None = None,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """(thresholds, where each came from): a given value, else the checkpoint's sidecar
+    (`automatic_thresholds`), else Meta's default."""
+    given = {"pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh}
+    stored, sidecar = (None, None)
+    if any(value is None for value in given.values()):
+        stored, sidecar = sidecar_thresholds(checkpoint)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key in THRESHOLD_KEYS:
+        if given[key] is not None:
+            values[key], sources[key] = given[key], "given"
+        elif stored is not None:
+            values[key], sources[key] = stored[key], f"sidecar {sidecar}"
+        else:
+            values[key], sources[key] = META_DEFAULTS[key], "Meta's default"
+    checked = check_thresholds(values, "thresholds")
+    return {key: checked[key] for key in THRESHOLD_KEYS}, sources
+
+
+def image_jobs(input_path: str | Path) -> list[tuple[Path, str]]:
+    """(path, key) of every image under `input_path`, each checked to be a readable
+    picture (its header), so that a stray file is named before the model loads."""
+    try:
+        images = list_images(input_path)
+    except FileNotFoundError as err:
+        raise DataError(str(err)) from None
+    for path, _ in images:
+        try:
+            with Image.open(path):
+                pass
+        except (UnidentifiedImageError, OSError) as err:
+            raise DataError(
+                f"input={input_path}: {path} is not an image samft can read ({err}); "
+                "expected PNG, JPEG, TIFF, BMP or WebP"
+            ) from None
+    return images
+
+
+def label_ids(records: Sequence[Mapping[str, Any]], labels: np.ndarray) -> list[int | None]:
+    """The id each record got in `labels = records_to_labels(records, shape)`, None for a
+    record that larger masks hide completely.
+
+    Records are painted by decreasing area, each taking the pixels no larger one took, and
+    numbered in that order; so a record's own id is the largest id under its mask, and it
+    has one only if that id exceeds every id given before it.
+    """
+    order = sorted(range(len(records)), key=lambda i: records[i]["area"], reverse=True)
+    ids: list[int | None] = [None] * len(records)
+    last = 0
+    for i in order:
+        under = labels[segmentation_mask(records[i]["segmentation"])]
+        own = int(under.max()) if under.size else 0
+        if own > last:
+            ids[i] = last = own
+    return ids
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def segment(
+    checkpoint: str | Path,
+    input: str | Path,
+    output: str | Path,
+    points_per_side: int = 32,
+    points_per_batch: int = 64,
+    pred_iou_thresh: float | None = None,
+    stability_score_thresh: float | None = None,
+    stability_score_offset: float = 1.0,
+    box_nms_thresh: float = 0.7,
+    crop_n_layers: int = 0,
+    crop_n_points_downscale_factor: int = 1,
+    min_mask_region_area: int = 0,
+    variant: str | None = None,
+    image_size: int | None = None,
+    device: str = "auto",
+    overlay: bool = True,
+) -> dict[str, Any]:
+    """Instance masks for every image of `input` (see the module docstring for the files).
+
+    The images, the thresholds and the output folder are checked before the model loads.
+    Returns the content of `segments.json`.
+    """
+    images = image_jobs(input)
+    thresholds, sources = resolve_thresholds(checkpoint, pred_iou_thresh, stability_score_thresh)
+    out_dir = prepare_output_dir(output, f"output={output}")
+    checkpoint_path = resolve_checkpoint(checkpoint)
+    log.info(
+        "thresholds: %s",
+        ", ".join(f"{key}={thresholds[key]} ({sources[key]})" for key in THRESHOLD_KEYS),
+    )
+
+    sam = load_sam(checkpoint_path, variant=variant, image_size=image_size).to(_device(device))
+    settings = {
+        "points_per_side": points_per_side,
+        "points_per_batch": points_per_batch,
+        **thresholds,
+        "stability_score_offset": stability_score_offset,
+        "box_nms_thresh": box_nms_thresh,
+        "crop_n_layers": crop_n_layers,
+        "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
+        "min_mask_region_area": min_mask_region_area,
+    }
+    generator = AutomaticMaskGenerator(sam, output_mode="coco_rle", **settings)
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "image_size": sam.image_size,
+        "settings": settings,
+        "thresholds_source": sources,
+        "images": [],
+    }
+    with logging_redirect_tqdm():
+        for path, key in tqdm(images, desc="segment", unit="image", disable=None):
+            report["images"].append(_segment_one(generator, path, key, out_dir, overlay))
+    write_json_atomic(out_dir / "segments.json", report)
+    log.info("%d image(s) segmented into %s", len(images), out_dir)
+    return report
+
+
+def _segment_one(
+    generator: AutomaticMaskGenerator, path: Path, key: str, out_dir: Path, overlay: bool
+) -> dict[str, Any]:
+    """Run one image and write its three files; returns its `segments.json` entry."""
+    image = read_rgb(path)
+    records = generator.generate(image)
+    labels = records_to_labels(records, image.shape)
+    if labels.max(initial=0) > MAX_LABEL:
+        raise ValueError(f"{path}: {labels.max()} instances do not fit a 16-bit labels.png")
+    ids = label_ids(records, labels)
+    order = sorted(range(len(records)), key=lambda i: records[i]["area"], reverse=True)
+    folder = out_dir / Path(key).with_suffix("")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"labels": folder / "labels.png", "masks": folder / "masks.json"}
+    Image.fromarray(labels.astype(np.uint16)).save(files["labels"])
+    masks = [{"id": ids[i], **records[i]} for i in order]
+    height, width = image.shape[:2]
+    write_json_atomic(
+        files["masks"], {"image": key, "height": height, "width": width, "masks": masks}
+    )
+    if overlay:
+        files["overlay"] = folder / "overlay.png"
+        Image.fromarray(draw_instances(image, labels)).save(files["overlay"])
+    instances = int(labels.max(initial=0))
+    log.info("%s: %d mask(s), %d instance(s) in %s", key, len(records), instances, folder)
+    return {
+        "image": key,
+        "height": height,
+        "width": width,
+        "n_masks": len(records),
+        "n_instances": instances,
+        **{name: file.relative_to(out_dir).as_posix() for name, file in files.items()},
+    }

@@ -1,0 +1,153 @@
+"""`python -m samft segment checkpoint=... input=... output=...` end to end, on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from samft.__main__ import main
+from samft.infer.record_masks import segmentation_mask
+from samft.infer.segment import label_ids, segment
+from samft.model.registry import build_sam
+from samft.weights import save_sam
+from samft.weights.export import export_checkpoint
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_sam(build_sam("tiny"), tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Two small pictures of bright shapes, one in a sub-folder."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"a.png": (40, 56), "sub/b.jpg": (48, 32)}.items():
+        image = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+        image[5:20, 8:30] = (230, 200, 40)
+        image[25:35, 4:14] = (40, 90, 240)
+        (folder / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(image).save(folder / name, quality=95)
+    return folder
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "SAMFT_COMMAND"}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "samft", "segment", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_the_documented_command_line(weights, photos, tmp_path):
+    """Every image gets labels.png, masks.json and overlay.png; the ids of labels.png are
+    exactly the JSON's non-null ids, each painted inside its own mask."""
+    done = _run_cli(
+        f"checkpoint={weights}", f"input={photos}", "output=segments", "points_per_side=4",
+        "pred_iou_thresh=0", "stability_score_thresh=0", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "segments"
+    report = json.loads((out / "segments.json").read_text())
+    assert [entry["image"] for entry in report["images"]] == ["a.png", "sub/b.jpg"]
+    assert report["settings"]["pred_iou_thresh"] == 0.0
+    assert report["thresholds_source"]["pred_iou_thresh"] == "given"
+    for entry in report["images"]:
+        labels = np.asarray(Image.open(out / entry["labels"]))
+        assert labels.dtype == np.uint16 and labels.shape == (entry["height"], entry["width"])
+        assert Image.open(out / entry["overlay"]).size == (entry["width"], entry["height"])
+        masks = json.loads((out / entry["masks"]).read_text())["masks"]
+        assert len(masks) == entry["n_masks"] > 0
+        assert {"segmentation", "predicted_iou", "stability_score", "area", "bbox"} <= set(masks[0])
+        ids = [m["id"] for m in masks if m["id"] is not None]
+        assert sorted(ids) == list(range(1, labels.max() + 1)) == list(range(1, len(ids) + 1))
+        assert set(np.unique(labels)) - {0} == set(ids)
+        for m in masks:
+            mask = segmentation_mask(m["segmentation"])
+            assert int(mask.sum()) == m["area"]
+            if m["id"] is not None:
+                assert (labels == m["id"]).any() and mask[labels == m["id"]].all()
+        areas = [m["area"] for m in masks]
+        assert areas == sorted(areas, reverse=True)
+
+
+def test_label_ids_by_hand():
+    """Painted largest first: `big` gets 1, `small` 2, `hidden` (inside `big`, larger than
+    `small`) is painted before `small` but has no pixel left, so it has no id."""
+    big, hidden, small = (np.zeros((6, 6), bool) for _ in range(3))
+    big[0:4, 0:4] = True
+    hidden[1:3, 1:3] = True
+    small[5, 5] = True
+    records = [
+        {"segmentation": small, "area": 1},
+        {"segmentation": big, "area": 16},
+        {"segmentation": hidden, "area": 4},
+    ]
+    labels = np.zeros((6, 6), np.uint32)
+    labels[big], labels[small] = 1, 2
+    assert label_ids(records, labels) == [2, 1, None]
+
+
+def test_thresholds_come_from_the_sidecar(weights, photos, tmp_path):
+    """Null thresholds: the export sidecar's `automatic_thresholds`, else Meta's defaults;
+    a given threshold wins over the sidecar."""
+    stem = tmp_path / "exports" / "my_sam"
+    chosen = {"pred_iou_thresh": 0.01, "stability_score_thresh": 0.02, "mSA": 0.5}
+    written = export_checkpoint(weights, stem, format="pth", automatic_thresholds=chosen)
+    sidecar = json.loads(written["sidecar"].read_text())
+    assert sidecar["automatic_thresholds"] == chosen
+    image = photos / "a.png"
+
+    report = segment(written["pth"], image, tmp_path / "out1", points_per_side=2)
+    assert report["settings"]["pred_iou_thresh"] == 0.01
+    assert report["settings"]["stability_score_thresh"] == 0.02
+    assert report["thresholds_source"]["pred_iou_thresh"] == f"sidecar {written['sidecar']}"
+
+    report = segment(written["pth"], image, tmp_path / "out2", 2, pred_iou_thresh=0.3)
+    assert report["settings"]["pred_iou_thresh"] == 0.3
+    assert report["settings"]["stability_score_thresh"] == 0.02
+
+    report = segment(weights, image, tmp_path / "out3", points_per_side=2)  # no sidecar
+    assert report["settings"]["pred_iou_thresh"] == 0.88
+    assert report["settings"]["stability_score_thresh"] == 0.95
+    assert set(report["thresholds_source"].values()) == {"Meta's default"}
+
+
+def _cli_error(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as raised:
+        main(["samft", "segment", *args])
+    assert raised.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_inputs_are_short_errors_naming_the_file(photos, tmp_path, capsys):
+    """Each checked before the model loads: the checkpoint given does not even exist."""
+    missing_ckpt = f"checkpoint={tmp_path / 'never_loaded.pth'}"
+    err = _cli_error(capsys, missing_ckpt, "input=nowhere", "output=out")
+    assert "input=nowhere: no such image or folder" in err and "Traceback" not in err
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    err = _cli_error(capsys, missing_ckpt, f"input={notes}", "output=out")
+    assert f"{notes} is not an image" in err
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "fake.png").write_text("not a png")
+    err = _cli_error(capsys, missing_ckpt, f"input={broken}", "output=out")
+    assert f"{broken / 'fake.png'} is not an image" in err
+
+    err = _cli_error(capsys, missing_ckpt, f"input={photos}", f"output={notes}/out")
+    assert f"output={notes}/out: cannot write" in err
+
+    err = _cli_error(capsys, missing_ckpt, f"input={photos}", "output=out")
+    assert "never_loaded.pth" in err  # only now is the checkpoint looked at
