@@ -126,7 +126,18 @@ def test_two_process_ddp_gathers_metrics_across_ranks(tmp_path):
     assert final["val/num_objects"] == len(annotations["annotations"])
 
 
-@pytest.mark.parametrize("name", ["demo", "medsam_box", "lora_vit_b", "interactive_paper"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "demo",
+        "medsam_box",
+        "lora_vit_b",
+        "interactive_paper",
+        "litemedsam_decoder",
+        "litemedsam_lora",
+        "litemedsam_full",
+    ],
+)
 def test_every_recipe_composes_into_valid_configs(name):
     from hydra import compose, initialize_config_module
 
