@@ -87,9 +87,9 @@ def describe_error(err: Exception, command: str, overrides: list[str]) -> tuple[
         known = _known_keys_hint(message, command, overrides)
         return USER_ERROR, message + (f"\n{known}" if known else "")
     if hasattr(err, "exit_code") and type(err).__module__.startswith("samft"):
-        return int(err.exit_code), str(err)
+        return int(err.exit_code), f"{type(err).__name__}: {err}"
     if isinstance(err, ValueError) and _raised_in_samft(err):
-        return USER_ERROR, str(err)
+        return USER_ERROR, f"{type(err).__name__}: {err}"
     return 1, None
 
 
