@@ -12,7 +12,6 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from samft.commands.common import build_datamodule, build_module, prepare_dataset
@@ -26,6 +25,7 @@ from samft.data.cache import (
     why_not_cached,
 )
 from samft.model.batched import encode_images
+from samft.model.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def cache_embeddings(cfg: DictConfig) -> dict[str, int]:
     if reason:
         raise CacheError(f"training with this config cannot use an embedding cache: {reason}")
     sam = build_module(cfg).model
-    device = _device(cfg.cache.device)
+    device = resolve_device(cfg.cache.device)
     sam = sam.to(device).eval()
     train_orientations = tuple(orientations_for(flip_probabilities(datamodule.augment)[0]))
 
@@ -73,12 +73,6 @@ def cache_embeddings(cfg: DictConfig) -> dict[str, int]:
         counts["entries"],
     )
     return counts
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _loader(reader, record):

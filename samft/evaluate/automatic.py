@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from samft.data.readers import build_reader
 from samft.evaluate.coco_ap import coco_mask_ap
@@ -44,6 +43,7 @@ from samft.evaluate.threshold_search import (
 )
 from samft.infer.automatic import AutomaticMaskGenerator
 from samft.infer.record_masks import records_to_labels, segmentation_mask
+from samft.model.device import resolve_device
 from samft.weights import load_sam
 
 log = logging.getLogger(__name__)
@@ -81,12 +81,6 @@ def iou_head_errors(records: Sequence[Mapping[str, Any]], ground_truth: np.ndarr
     return [abs(float(r["predicted_iou"]) - float(b)) for r, b in zip(records, best, strict=True)]
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def evaluate_automatic(
     checkpoint: str | Path,
     dataset_spec: Mapping[str, Any],
@@ -118,7 +112,7 @@ def evaluate_automatic(
         raise ValueError(f"{name}: the split holds no image to segment")
     sam = load_sam(summary.path, variant=summary.variant, image_size=summary.image_size)
     generator = AutomaticMaskGenerator(
-        sam.to(_device(device)),
+        sam.to(resolve_device(device)),
         points_per_side=points_per_side,
         points_per_batch=points_per_batch,
         pred_iou_thresh=lowest[0],

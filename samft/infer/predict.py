@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from samft.data.images import read_rgb
@@ -26,6 +25,7 @@ from samft.infer.overlay import draw_overlay
 from samft.infer.predictor import SamPredictor
 from samft.infer.prompts_file import PromptsFileError, PromptSpec, check_inside, read_prompts_file
 from samft.io.files import prepare_output_dir, write_json_atomic
+from samft.model.device import resolve_device
 from samft.weights import load_sam
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,6 @@ def _multimask(setting: Any, prompt: PromptSpec) -> bool:
     if setting == "auto":
         return prompt.is_single_point
     return bool(setting)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def predict(
@@ -117,7 +111,7 @@ def predict(
         )
     out_dir = prepare_output_dir(output, f"output={output}")
 
-    sam = load_sam(checkpoint, variant=variant, image_size=image_size).to(_device(device))
+    sam = load_sam(checkpoint, variant=variant, image_size=image_size).to(resolve_device(device))
     predictor = SamPredictor(sam)
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint),

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -39,6 +38,7 @@ from samft.infer.instance_overlay import draw_instances
 from samft.infer.predict import list_images
 from samft.infer.record_masks import records_to_labels, segmentation_mask
 from samft.io.files import prepare_output_dir, write_json_atomic
+from samft.model.device import resolve_device
 from samft.weights import load_sam
 from samft.weights.known import resolve_checkpoint
 from samft.weights.thresholds import (
@@ -115,12 +115,6 @@ def label_ids(records: Sequence[Mapping[str, Any]], labels: np.ndarray) -> list[
     return ids
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def segment(
     checkpoint: str | Path,
     input: str | Path,
@@ -153,7 +147,8 @@ def segment(
         ", ".join(f"{key}={thresholds[key]} ({sources[key]})" for key in THRESHOLD_KEYS),
     )
 
-    sam = load_sam(checkpoint_path, variant=variant, image_size=image_size).to(_device(device))
+    sam = load_sam(checkpoint_path, variant=variant, image_size=image_size)
+    sam = sam.to(resolve_device(device))
     settings = {
         "points_per_side": points_per_side,
         "points_per_batch": points_per_batch,
