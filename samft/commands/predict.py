@@ -17,9 +17,10 @@ from __future__ import annotations
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from samft.commands.accelerator import check_device
+from samft.commands.schema import check_required
 from samft.infer.predict import predict
 
 # config key -> how the command line and the docs spell it
@@ -31,20 +32,9 @@ REQUIRED = {
 }
 
 
-def check_required(cfg: DictConfig) -> None:
-    """One error naming every unset required argument, as the command line spells it
-    (`prompts=FILE`, not the internal `prompts_file`)."""
-    unset = [spelling for key, spelling in REQUIRED.items() if OmegaConf.is_missing(cfg, key)]
-    if unset:
-        raise ValueError(
-            f"missing {' '.join(unset)}; usage: python -m samft predict "
-            + " ".join(REQUIRED.values())
-        )
-
-
 @hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="predict")
 def hydra_main(cfg: DictConfig) -> None:
-    check_required(cfg)
+    check_required(cfg, REQUIRED, "predict")
     check_device(cfg.device)
     predict(
         checkpoint=cfg.checkpoint,

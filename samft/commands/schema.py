@@ -36,5 +36,16 @@ def check_group(cfg: DictConfig | None, group: str) -> None:
             raise ValueError(f"{group}.{key}={value!r}: expected {_describe(hints[key])}")
 
 
+def check_required(cfg: DictConfig, required: dict[str, str], command: str) -> None:
+    """One ValueError naming every unset required key of `cfg`, spelled as the command line
+    takes it (`required`: config key -> e.g. "prompts=FILE"), with the command's usage."""
+    unset = [spelling for key, spelling in required.items() if OmegaConf.is_missing(cfg, key)]
+    if unset:
+        raise ValueError(
+            f"missing {' '.join(unset)}; usage: python -m samft {command} "
+            + " ".join(required.values())
+        )
+
+
 def _describe(annotation: Any) -> str:
     return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")

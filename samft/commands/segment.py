@@ -8,9 +8,10 @@ RLE, JSON) and an overlay, from a grid of point prompts. The work is
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from samft.commands.accelerator import check_device
+from samft.commands.schema import check_required
 from samft.infer.segment import segment
 
 REQUIRED = {
@@ -20,19 +21,9 @@ REQUIRED = {
 }
 
 
-def check_required(cfg: DictConfig) -> None:
-    """One error naming every unset required argument."""
-    unset = [spelling for key, spelling in REQUIRED.items() if OmegaConf.is_missing(cfg, key)]
-    if unset:
-        raise ValueError(
-            f"missing {' '.join(unset)}; usage: python -m samft segment "
-            + " ".join(REQUIRED.values())
-        )
-
-
 @hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="segment")
 def main(cfg: DictConfig) -> None:
-    check_required(cfg)
+    check_required(cfg, REQUIRED, "segment")
     check_device(cfg.device)
     segment(
         checkpoint=cfg.checkpoint,
