@@ -7,15 +7,18 @@ encodings are re-added to queries and keys at every attention, never to values.
 Batched prompts: with `image_index` the image tokens are given once per image, not once per
 prompt. Until the first block has updated them they are the same for every prompt of an
 image, so that block projects them once per image (the keys and values of token-to-image
-attention, the queries of image-to-token attention) and gathers the results per prompt.
-The arithmetic per prompt is the official one; only repeated work is skipped.
+attention, the queries of image-to-token attention) and gathers the results per prompt;
+when all prompts share one image (the predictor, automatic masks) nothing is gathered: the
+prompts' tokens are stacked against the image's projections instead. The arithmetic per
+prompt is the official one; only repeated work is skipped, and the cross-attentions take
+their products in the cheaper order for few prompt tokens (`samft.model.attention`).
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from samft.model.attention import Attention
 from samft.model.common import MLPBlock
 
 
@@ -83,7 +86,9 @@ class TwoWayTransformer(nn.Module):
             key_pe = key_pe.expand(keys.shape[0], -1, -1)
         for layer in layers:
             queries, keys = layer(queries, keys, query_pe=point_embedding, key_pe=key_pe)
-        attn = self.final_attn_token_to_image(q=queries + point_embedding, k=keys + key_pe, v=keys)
+        attn = self.final_attn_token_to_image.attend_image(
+            queries + point_embedding, keys + key_pe, keys
+        )
         queries = self.norm_final_attn(queries + attn)
         return queries, keys
 
@@ -131,11 +136,11 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         q, k = queries + query_pe, keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
+        queries = self.norm2(queries + self.cross_attn_token_to_image.attend_image(q, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
 
         q, k = queries + query_pe, keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token.attend_tokens(k, q, queries))
         return queries, keys
 
     def forward_shared_image(
@@ -166,6 +171,8 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         keys_with_pe = image_keys + key_pe  # B x hw x C
+        if image_keys.shape[0] == 1:  # one image: no per-prompt copies of its tokens at all
+            return self._one_image(queries, image_keys, keys_with_pe, query_pe)
         to_image = self.cross_attn_token_to_image
         k = to_image.k_proj(keys_with_pe)[image_index]  # once per image, then per prompt
         v = to_image.v_proj(image_keys)[image_index]
@@ -175,40 +182,39 @@ class TwoWayAttentionBlock(nn.Module):
 
         to_token = self.cross_attn_image_to_token
         q = to_token.q_proj(keys_with_pe)[image_index]
-        out = to_token.attend(q, to_token.k_proj(queries + query_pe), to_token.v_proj(queries))
+        out = to_token.attend_tokens(q, queries + query_pe, queries, projected=True)
         keys = self.norm4(image_keys[image_index] + out)
         return queries, keys
 
+    def _one_image(
+        self, queries: Tensor, image_keys: Tensor, keys_with_pe: Tensor, query_pe: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The two cross-attentions of `forward_shared_image` when all N prompts share one
+        image (`image_keys`, `keys_with_pe`: `1 x hw x C`): the prompts' tokens are stacked
+        along the query (or key) axis, so the image's projections are used as they are."""
+        N, T, C = queries.shape
+        to_image = self.cross_attn_token_to_image
+        heads = to_image.num_heads
+        q = to_image.q_proj(queries + query_pe).reshape(1, N * T, -1)
+        out = to_image.attend(q, to_image.k_proj(keys_with_pe), to_image.v_proj(image_keys))
+        queries = self.norm2(queries + out.reshape(N, T, C))
+        queries = self.norm3(queries + self.mlp(queries))
 
-class Attention(nn.Module):
-    """Multi-head attention whose projections can shrink the width by `downsample_rate`."""
-
-    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
-        super().__init__()
-        self.embedding_dim = embedding_dim
-        self.internal_dim = embedding_dim // downsample_rate
-        self.num_heads = num_heads
-        if self.internal_dim % num_heads:
-            raise ValueError(
-                f"attention width {self.internal_dim} is not divisible by {num_heads} heads"
-            )
-        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
-
-    def _split_heads(self, x: Tensor) -> Tensor:
-        """`B x N x D -> B x heads x N x D/heads`."""
-        B, N, D = x.shape
-        return x.reshape(B, N, self.num_heads, D // self.num_heads).transpose(1, 2)
-
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """`q: B x Nq x C`, `k, v: B x Nk x C` -> `B x Nq x C`."""
-        return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Attention on inputs already projected: `B x Nq x D`, `B x Nk x D` -> `B x Nq x C`."""
-        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
-        out = F.scaled_dot_product_attention(q, k, v)
-        B, _, N, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(B, N, self.internal_dim))
+        to_token = self.cross_attn_image_to_token
+        if not to_token.reorders(T):  # adapted projections or many tokens: the plain order
+            image_q = to_token.q_proj(keys_with_pe).expand(N, -1, -1)
+            out = to_token.attend_tokens(image_q, queries + query_pe, queries, projected=True)
+            return queries, self.norm4(image_keys + out)
+        head_dim = to_token.internal_dim // heads
+        hw = image_keys.shape[1]
+        image_q = to_token.q_proj(keys_with_pe).reshape(hw, heads, head_dim).permute(1, 2, 0)
+        key = to_token.k_proj(queries + query_pe).reshape(N * T, heads, head_dim)
+        logits = key.transpose(0, 1) @ image_q * head_dim**-0.5  # H x NT x hw
+        weights = logits.reshape(heads, N, T, hw).softmax(dim=2)  # over each prompt's tokens
+        weights = weights.permute(1, 0, 2, 3).reshape(N, heads * T, hw)
+        value = to_token.v_proj(queries).reshape(N, T, heads, head_dim).transpose(1, 2)
+        out_weight = to_token.out_proj.weight.reshape(-1, heads, head_dim).transpose(0, 1)
+        mixed = (value @ out_weight.transpose(1, 2)).reshape(N, heads * T, C)  # N x HT x C
+        out = weights.transpose(1, 2) @ mixed + to_token.out_proj.bias
+        keys = self.norm4(image_keys + out)
+        return queries, keys

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from samft.model.mask_decoder import dense_is_shared
@@ -60,6 +61,39 @@ def test_first_block_shared_equals_per_prompt_forward():
     want_q, want_k = block(queries, image_keys[index], queries, key_pe.expand(5, -1, -1))
     torch.testing.assert_close(got_q, want_q, atol=1e-5, rtol=0)
     torch.testing.assert_close(got_k, want_k, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("tokens", [3, 6])  # 4 heads x 3 < 16 reorders; x 6 does not
+@pytest.mark.parametrize("skip_first_layer_pe", [True, False])
+def test_one_image_path_equals_per_prompt_forward(tokens, skip_first_layer_pe):
+    """All prompts on one image stack their tokens instead of copying the image's: the
+    same tokens, image tokens and gradients as the per-prompt forward."""
+    torch.manual_seed(0)
+    block = TwoWayAttentionBlock(32, 4, 64, skip_first_layer_pe=skip_first_layer_pe).double()
+    image_keys = torch.randn(1, 20, 32, dtype=torch.float64)
+    key_pe = torch.randn(1, 20, 32, dtype=torch.float64)
+    queries = torch.randn(5, tokens, 32, dtype=torch.float64)
+    index = torch.zeros(5, dtype=torch.long)
+    assert block.cross_attn_image_to_token.reorders(tokens) == (tokens == 3)
+    grads = []
+    for run in ("shared", "per_prompt"):
+        block.zero_grad()
+        if run == "shared":
+            out = block.forward_shared_image(queries, image_keys, queries, key_pe, index)
+        else:
+            out = block(queries, image_keys[index], queries, key_pe.expand(5, -1, -1))
+        grads.append(out)
+        (out[0].square().sum() + out[1].sin().sum()).backward()
+        # a key bias that softmax cancels gets no gradient in one order, a zero one in the other
+        grads.append(
+            [torch.zeros_like(p) if p.grad is None else p.grad for p in block.parameters()]
+        )
+    (got_q, got_k), got_grads, (want_q, want_k), want_grads = grads
+    torch.testing.assert_close(got_q, want_q)
+    torch.testing.assert_close(got_k, want_k)
+    assert any(g.abs().sum() > 0 for g in got_grads)
+    for got, want in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(got, want)
 
 
 def test_batched_gradients_equal_official_per_image_calls(tiny_pair):
