@@ -16,7 +16,7 @@ from typing import Any
 
 ENCODER_MODES = ("frozen", "lora", "full")
 CLICK_MODES = ("random", "center")
-LOSS_ROUNDS = ("all", "first", "last")
+LOSS_ROUNDS = ("all", "first", "last", "first_and_sampled")
 
 
 @dataclass
@@ -59,7 +59,11 @@ class InteractiveConfig:
     `correction_rounds` add one click each from the error region of the best mask, where
     `click_mode` says (`random` pixel or `center`: farthest from the region's border);
     `mask_only_rounds` then feed back the previous mask with no new point (the paper uses
-    8 and 2). `loss_rounds` says which rounds' losses are trained: `all`, `first` or `last`.
+    8 and 2). `loss_rounds` says which rounds' losses are trained: `all`, `first`, `last`,
+    or `first_and_sampled`: each step stops after a number of later rounds drawn uniformly
+    from 1 to all of them and trains the first and that last round, so every click count is
+    trained at the cost of two backward passes (rounds whose loss is not trained run without
+    gradients in every mode).
     Validation simulates `max(val_clicks)` centre clicks and reports each listed count.
     """
 

@@ -165,6 +165,25 @@ class SamFineTuner(L.LightningModule):
         return max(float(total), 1.0)
 
     # ---------------------------------------------------------------- training
+    def trained_rounds(self, batch_idx: int) -> tuple[int, set[int]]:
+        """How many rounds this step runs (the first prompt, then correction, then
+        mask-only rounds) and which of them have their loss trained. `first_and_sampled`
+        draws the last round from a generator seeded by the step, so DDP ranks agree."""
+        cfg = self.interactive_config
+        num_rounds = 1 + cfg.correction_rounds + cfg.mask_only_rounds
+        if cfg.loss_rounds == "first_and_sampled" and num_rounds > 1:
+            step = self.global_step if self._trainer is not None else batch_idx
+            generator = torch.Generator().manual_seed(step)
+            last = 1 + int(torch.randint(num_rounds - 1, (1,), generator=generator))
+            return last + 1, {0, last}
+        counted = {
+            "all": range(num_rounds),
+            "first": [0],
+            "last": [num_rounds - 1],
+            "first_and_sampled": [0],
+        }
+        return num_rounds, set(counted[cfg.loss_rounds])
+
     def training_step(self, batch: SamBatch, batch_idx: int) -> Tensor:
         cfg = self.interactive_config
         embeddings = self.batch_embeddings(batch)
@@ -174,22 +193,21 @@ class SamFineTuner(L.LightningModule):
         prompts = batch.prompts
         rows = torch.arange(gt.shape[0], device=gt.device)
 
-        num_rounds = 1 + cfg.correction_rounds + cfg.mask_only_rounds
-        counted = {"all": range(num_rounds), "first": [0], "last": [num_rounds - 1]}
-        counted = set(counted[cfg.loss_rounds])
+        num_rounds, counted = self.trained_rounds(batch_idx)
         totals: dict[str, Tensor] = {}
         for round_index in range(num_rounds):
-            out = batched.decode(
-                self.model,
-                embeddings,
-                batch.object_image_index,
-                prompts,
-                multimask_output=cfg.multimask_output if round_index == 0 else False,
-            )
-            logits = batched.upscale(self.model, out.low_res)
-            loss = self.loss_fn(
-                logits, out.iou_pred, gt, valid, num_objects, answering=out.answering
-            )
+            with torch.set_grad_enabled(round_index in counted and torch.is_grad_enabled()):
+                out = batched.decode(
+                    self.model,
+                    embeddings,
+                    batch.object_image_index,
+                    prompts,
+                    multimask_output=cfg.multimask_output if round_index == 0 else False,
+                )
+                logits = batched.upscale(self.model, out.low_res)
+                loss = self.loss_fn(
+                    logits, out.iou_pred, gt, valid, num_objects, answering=out.answering
+                )
             if round_index in counted:
                 for key in ("total", "focal", "dice", "iou"):
                     totals[key] = totals.get(key, 0.0) + getattr(loss, key) / len(counted)

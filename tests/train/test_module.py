@@ -207,6 +207,43 @@ def test_training_step_runs_the_papers_interactive_rounds(ct_organs, loss_rounds
     assert grads and any(g.abs().sum() > 0 for g in grads)
 
 
+def test_first_and_sampled_trains_the_first_and_a_drawn_last_round(ct_organs, monkeypatch):
+    """`first_and_sampled`: each step stops after a drawn number of later rounds (every
+    count from 1 to all of them occurs, the same for the same step), the loss is the mean
+    of the first and the last round, and the rounds between run without gradients."""
+    torch.manual_seed(0)
+    interactive = {"correction_rounds": 2, "mask_only_rounds": 1}
+    module = SamFineTuner(
+        model={"variant": "tiny"},
+        interactive={**interactive, "loss_rounds": "first_and_sampled"},
+    )
+    plans = [module.trained_rounds(step) for step in range(40)]
+    assert {n for n, _ in plans} == {2, 3, 4}
+    assert all(counted == {0, n - 1} for n, counted in plans)
+    assert module.trained_rounds(7) == plans[7]
+    every = SamFineTuner(model={"variant": "tiny"}, interactive=interactive)
+    assert every.trained_rounds(0) == (4, {0, 1, 2, 3})
+
+    dm = _datamodule(ct_organs)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    step = next(i for i, (n, _) in enumerate(plans) if n == 4)
+    losses = []
+    loss_fn = module.loss_fn.forward
+
+    def spy_loss(*args, **kwargs):
+        out = loss_fn(*args, **kwargs)
+        losses.append(out.total)
+        return out
+
+    monkeypatch.setattr(module.loss_fn, "forward", spy_loss)
+    total = module.training_step(batch, step)
+    assert len(losses) == 4
+    assert losses[0].requires_grad and losses[3].requires_grad
+    assert not losses[1].requires_grad and not losses[2].requires_grad
+    torch.testing.assert_close(total.detach(), (losses[0] + losses[3]).detach() / 2)
+
+
 def test_click_mode_typo_is_refused_at_start():
     with pytest.raises(ValueError, match="interactive.click_mode must be one of"):
         SamFineTuner(model={"variant": "tiny"}, interactive={"click_mode": "centre"})
