@@ -23,8 +23,10 @@ def records_to_labels(
 ) -> np.ndarray:
     """Paint generator records (`output_mode="binary_mask"`) into an `H x W` uint32 label image.
 
-    micro-sam's rule (`mask_data_to_segmentation`): masks by decreasing area, each taking
-    only the pixels no larger mask took, skipping masks with `area < min_object_size`; with
+    micro-sam's rule (`mask_data_to_segmentation`): masks by decreasing area, each painted
+    over the larger ones before it, so a small mask inside a large one (a nucleus inside a
+    mask of its whole cluster) stays visible; masks with `area < min_object_size` are
+    skipped; with
     `split_components` every painted label is split into its 4-connected pieces; pieces
     smaller than `min_object_size` are cleared, and with `with_background` so is the largest
     label (often a mask that covers the background). Labels are then renumbered 1..N.
@@ -35,8 +37,7 @@ def records_to_labels(
     for i in order:
         if records[i]["area"] < min_object_size:
             continue
-        mask = segmentation_mask(records[i]["segmentation"]) & (labels == 0)
-        labels[mask] = next_id
+        labels[segmentation_mask(records[i]["segmentation"])] = next_id
         next_id += 1
     if split_components:
         pieces, next_id = np.zeros_like(labels), 1

@@ -4,10 +4,10 @@ written as an instance-id map, the masks with their scores, and an overlay.
 For every image under `input` it writes
 
     DIR/<image>/labels.png    16-bit instance ids, 0 = background; masks are painted largest
-                              first, each on the pixels no larger mask took, so smaller ones
-                              stay visible (`records_to_labels`); ids 1..N
+                              first, each smaller one over them, so smaller ones stay
+                              visible (`records_to_labels`); ids 1..N
     DIR/<image>/masks.json    every mask the generator kept, largest first, as COCO RLE with
-                              its `id` in labels.png (null when larger masks hide all of it),
+                              its `id` in labels.png (null when smaller masks cover all of it),
                               predicted_iou, stability_score, area, bbox [x, y, w, h],
                               point_coords [[x, y]] and crop_box (original frame)
     DIR/<image>/overlay.png   the image with every instance tinted and outlined
@@ -96,22 +96,25 @@ def image_jobs(input_path: str | Path) -> list[tuple[Path, str]]:
     return images
 
 
-def label_ids(records: Sequence[Mapping[str, Any]], labels: np.ndarray) -> list[int | None]:
-    """The id each record got in `labels = records_to_labels(records, shape)`, None for a
-    record that larger masks hide completely.
+def label_ids(records: Sequence[Mapping[str, Any]], shape: Sequence[int]) -> list[int | None]:
+    """The id each record got in `records_to_labels(records, shape)`, None for a record
+    that smaller masks cover completely.
 
-    Records are painted by decreasing area, each taking the pixels no larger one took, and
-    numbered in that order; so a record's own id is the largest id under its mask, and it
-    has one only if that id exceeds every id given before it.
+    Records are painted by decreasing area, each over the larger ones, and the ids that
+    stay visible are numbered 1..N in that order.
     """
     order = sorted(range(len(records)), key=lambda i: records[i]["area"], reverse=True)
+    painted = np.zeros(tuple(int(v) for v in shape[:2]), dtype=np.int64)
+    for rank, i in enumerate(order, 1):
+        painted[segmentation_mask(records[i]["segmentation"])] = rank
+    visible = np.zeros(len(order) + 1, dtype=bool)
+    visible[np.unique(painted)] = True
     ids: list[int | None] = [None] * len(records)
     last = 0
-    for i in order:
-        under = labels[segmentation_mask(records[i]["segmentation"])]
-        own = int(under.max()) if under.size else 0
-        if own > last:
-            ids[i] = last = own
+    for rank, i in enumerate(order, 1):
+        if visible[rank]:
+            last += 1
+            ids[i] = last
     return ids
 
 
@@ -184,7 +187,7 @@ def _segment_one(
     labels = records_to_labels(records, image.shape)
     if labels.max(initial=0) > MAX_LABEL:
         raise ValueError(f"{path}: {labels.max()} instances do not fit a 16-bit labels.png")
-    ids = label_ids(records, labels)
+    ids = label_ids(records, labels.shape)
     order = sorted(range(len(records)), key=lambda i: records[i]["area"], reverse=True)
     folder = out_dir / Path(key).with_suffix("")
     folder.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from samft.__main__ import main
-from samft.infer.record_masks import segmentation_mask
+from samft.infer.record_masks import records_to_labels, segmentation_mask
 from samft.infer.segment import label_ids, segment
 from samft.model.registry import build_sam
 from samft.weights import save_sam
@@ -81,20 +81,27 @@ def test_the_documented_command_line(weights, photos, tmp_path):
 
 
 def test_label_ids_by_hand():
-    """Painted largest first: `big` gets 1, `small` 2, `hidden` (inside `big`, larger than
-    `small`) is painted before `small` but has no pixel left, so it has no id."""
-    big, hidden, small = (np.zeros((6, 6), bool) for _ in range(3))
+    """Painted largest first, each smaller one over them: `big` gets 1, `covered` (inside
+    `big`, larger than the `small` masks) comes next, but `small_a` and `small_b` cover all
+    of it: `covered` has no id; the 1 px masks follow in input order: 2, 3 and 4."""
+    big, covered, small_a, small_b, apart = (np.zeros((6, 6), bool) for _ in range(5))
     big[0:4, 0:4] = True
-    hidden[1:3, 1:3] = True
-    small[5, 5] = True
+    covered[1, 1:3] = True
+    small_a[1, 1] = True
+    small_b[1, 2] = True
+    apart[5, 5] = True
     records = [
-        {"segmentation": small, "area": 1},
+        {"segmentation": small_a, "area": 1},
         {"segmentation": big, "area": 16},
-        {"segmentation": hidden, "area": 4},
+        {"segmentation": covered, "area": 2},
+        {"segmentation": apart, "area": 1},
+        {"segmentation": small_b, "area": 1},
     ]
-    labels = np.zeros((6, 6), np.uint32)
-    labels[big], labels[small] = 1, 2
-    assert label_ids(records, labels) == [2, 1, None]
+    labels = records_to_labels(records, (6, 6))
+    expected = np.zeros((6, 6), np.uint32)
+    expected[big], expected[small_a], expected[apart], expected[small_b] = 1, 2, 3, 4
+    np.testing.assert_array_equal(labels, expected)
+    assert label_ids(records, labels.shape) == [2, 1, None, 3, 4]
 
 
 def test_thresholds_come_from_the_sidecar(weights, photos, tmp_path):

@@ -97,19 +97,26 @@ def _record(mask, iou=0.9, stability=0.95):
 
 
 def test_records_to_labels_paints_like_micro_sam():
+    """Largest first, each smaller mask painted over the larger ones (micro-sam's
+    `mask_data_to_segmentation`): a nucleus inside its cluster's mask stays visible."""
     big = np.zeros((6, 6), bool)
-    big[0:3, 0:4] = True  # 12 px
+    big[0:3, 0:4] = True  # 12 px, painted first: id 1
     inside = np.zeros_like(big)
-    inside[1, 1] = True  # covered by the big mask: nothing left to paint
+    inside[1, 1] = True  # 1 px inside big, painted last: id 4
     cutter = np.zeros_like(big)
-    cutter[0:3, 1] = True  # cuts nothing (painted after big, which took its pixels)
+    cutter[0:3, 1] = True  # 3 px, cuts column 1 out of big: id 3
     apart = np.zeros_like(big)
-    apart[4:6, 4:6] = True  # 4 px
+    apart[4:6, 4:6] = True  # 4 px: id 2
     records = [_record(m) for m in (inside, apart, big, cutter)]
     labels = record_masks.records_to_labels(records, (6, 6))
-    np.testing.assert_array_equal(labels, big * 1 + apart * 2)
-    # min_object_size skips small records and small painted pieces
-    assert set(np.unique(record_masks.records_to_labels(records, (6, 6), 5))) == {0, 1}
+    expected = np.zeros((6, 6), np.uint32)
+    expected[big], expected[apart], expected[cutter], expected[inside] = 1, 2, 3, 4
+    np.testing.assert_array_equal(labels, expected)
+    # min_object_size skips small records (inside, cutter) and small painted pieces
+    sized = record_masks.records_to_labels(records, (6, 6), 4)
+    np.testing.assert_array_equal(sized, big * 1 + apart * 2)
+    # size 5 skips apart (4 px) too
+    np.testing.assert_array_equal(record_masks.records_to_labels(records, (6, 6), 5), big * 1)
     # with_background clears the largest label: here the background itself (harmless)
     np.testing.assert_array_equal(
         record_masks.records_to_labels(records, (6, 6), with_background=True), labels
@@ -118,19 +125,22 @@ def test_records_to_labels_paints_like_micro_sam():
     huge[4:6, 4:6] = False  # 32 px around the apart mask
     cleared = record_masks.records_to_labels([_record(huge), _record(apart)], (6, 6), 0, True)
     np.testing.assert_array_equal(cleared, apart * 1)
+    covering = record_masks.records_to_labels([_record(huge | apart), _record(apart)], (6, 6))
+    np.testing.assert_array_equal(covering, huge * 1 + apart * 2)  # apart painted over it
 
 
 def test_records_to_labels_splits_components():
     wide = np.zeros((5, 7), bool)
-    wide[1:4, :] = True  # 21 px, painted second
+    wide[1:4, :] = True  # 21 px, painted first
     bar = np.zeros_like(wide)
-    bar[:, 3] = True  # 5 px ... smaller, so the wide one is painted first and keeps row 1-3
+    bar[:, 3] = True  # 5 px, painted over the wide one: cuts it in two
     records = [_record(wide), _record(bar)]
     plain = record_masks.records_to_labels(records, (5, 7))
-    assert set(np.unique(plain)) == {0, 1, 2}  # the bar keeps (0, 3) and (4, 3): one label
+    assert set(np.unique(plain)) == {0, 1, 2}
+    assert (plain == 2).sum() == 5 and (plain == 1).sum() == 18
     split = record_masks.records_to_labels(records, (5, 7), split_components=True)
-    assert set(np.unique(split)) == {0, 1, 2, 3}
-    assert len({split[0, 3], split[4, 3]}) == 2
+    assert set(np.unique(split)) == {0, 1, 2, 3}  # wide's left and right halves, and the bar
+    assert split[2, 0] != split[2, 6] and len(np.unique(split[:, 3])) == 1
 
 
 def test_coco_mask_ap_by_hand():
