@@ -184,6 +184,18 @@ class SamFineTuner(L.LightningModule):
         }
         return num_rounds, set(counted[cfg.loss_rounds])
 
+    def decode_round(
+        self, embeddings: Tensor, batch: SamBatch, prompts: Prompts, round_index: int
+    ) -> tuple[batched.DecoderOutput, Tensor]:
+        """One round of the interactive loop: the decoder's outputs and their logits
+        upscaled to the padded input square (P x 4 x S x S). Only the first round may
+        answer with the multimask outputs."""
+        multimask = self.interactive_config.multimask_output if round_index == 0 else False
+        out = batched.decode(
+            self.model, embeddings, batch.object_image_index, prompts, multimask_output=multimask
+        )
+        return out, batched.upscale(self.model, out.low_res)
+
     def training_step(self, batch: SamBatch, batch_idx: int) -> Tensor:
         cfg = self.interactive_config
         embeddings = self.batch_embeddings(batch)
@@ -197,14 +209,7 @@ class SamFineTuner(L.LightningModule):
         totals: dict[str, Tensor] = {}
         for round_index in range(num_rounds):
             with torch.set_grad_enabled(round_index in counted and torch.is_grad_enabled()):
-                out = batched.decode(
-                    self.model,
-                    embeddings,
-                    batch.object_image_index,
-                    prompts,
-                    multimask_output=cfg.multimask_output if round_index == 0 else False,
-                )
-                logits = batched.upscale(self.model, out.low_res)
+                out, logits = self.decode_round(embeddings, batch, prompts, round_index)
                 loss = self.loss_fn(
                     logits, out.iou_pred, gt, valid, num_objects, answering=out.answering
                 )
@@ -256,14 +261,7 @@ class SamFineTuner(L.LightningModule):
         first: dict[str, Tensor] = {}
         max_clicks = max(cfg.val_clicks, default=0)
         for click in range(max_clicks + 1):
-            out = batched.decode(
-                self.model,
-                embeddings,
-                batch.object_image_index,
-                prompts,
-                multimask_output=cfg.multimask_output if click == 0 else False,
-            )
-            logits = batched.upscale(self.model, out.low_res)
+            out, logits = self.decode_round(embeddings, batch, prompts, click)
             best = out.iou_pred.masked_fill(~out.answering, float("-inf")).argmax(dim=1)
             pred = logits[rows, best] > self.model.mask_threshold
             if click == 0:
