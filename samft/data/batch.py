@@ -13,6 +13,23 @@ from samft.model.prompts import Prompts
 
 
 @dataclass
+class AutomaticPoints:
+    """Points for training the automatic mode (`samft.data.automatic`), G over the batch,
+    and the N instances of their images that answer them.
+
+    points:                G x 2 float32, (x, y) in the input frame
+    image_index:           G long, index of each point's image
+    instance_masks:        N x S x S bool, every instance of the batch's images, input frame
+    instance_image_index:  N long, index of each instance's image
+    """
+
+    points: Tensor
+    image_index: Tensor
+    instance_masks: Tensor
+    instance_image_index: Tensor
+
+
+@dataclass
 class SamBatch:
     """B images and their P objects, with one prompt per object.
 
@@ -26,6 +43,7 @@ class SamBatch:
     prompt_types:        P long (PROMPT_ONE_POINT, PROMPT_POINTS, PROMPT_BOX)
     object_areas:        P float, pixels in the original frame (before the resize)
     embeddings:          B x C x h' x w' fp16 from the embedding cache, or None
+    automatic:           the automatic-mode training points, or None
     """
 
     images: list[Tensor]
@@ -37,6 +55,7 @@ class SamBatch:
     prompt_types: Tensor
     object_areas: Tensor
     embeddings: Tensor | None = None
+    automatic: AutomaticPoints | None = None
 
     def __len__(self) -> int:
         """B, the number of images."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from samft.data.batch import SamBatch
+from samft.data.batch import AutomaticPoints, SamBatch
 from samft.model.prompts import LABEL_PAD, Prompts
 
 
@@ -42,6 +42,7 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> SamBatch:
             torch.cat([s[key].to(dtype) for s in samples]) if total else torch.zeros(0, dtype=dtype)
         )
 
+    automatic = collate_automatic(samples, size)
     embeddings = None
     if all("embedding" in s for s in samples):
         embeddings = torch.stack([s["embedding"] for s in samples])
@@ -57,4 +58,30 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> SamBatch:
         prompt_types=cat("prompt_types", torch.long),
         object_areas=cat("object_areas", torch.float32),
         embeddings=embeddings,
+        automatic=automatic,
+    )
+
+
+def collate_automatic(samples: Sequence[dict[str, Any]], size: int) -> AutomaticPoints | None:
+    """The samples' automatic-mode points and instances, instance masks padded to
+    `size` x `size`; None when the samples carry none."""
+    if not all("automatic_points" in s for s in samples):
+        return None
+    points = [s["automatic_points"] for s in samples]
+    instances = [s["instance_masks"] for s in samples]
+    masks = torch.zeros((sum(len(m) for m in instances), size, size), dtype=torch.bool)
+    start = 0
+    for m in instances:
+        masks[start : start + len(m), : m.shape[1], : m.shape[2]] = m
+        start += len(m)
+
+    def owners(parts: list[torch.Tensor]) -> torch.Tensor:
+        counts = torch.tensor([len(p) for p in parts], dtype=torch.long)
+        return torch.repeat_interleave(torch.arange(len(parts)), counts)
+
+    return AutomaticPoints(
+        points=torch.cat(points).float(),
+        image_index=owners(points),
+        instance_masks=masks,
+        instance_image_index=owners(instances),
     )

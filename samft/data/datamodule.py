@@ -73,6 +73,8 @@ class SamDataModule(L.LightningDataModule):
             encoder): every split then serves cached embeddings instead of images (training
             with the flips of `train_augment`, which must be flips only). Each split is
             checked against the cache when built: a missing or changed image is an error.
+        automatic_points_per_image: points drawn anywhere on each training image for
+            training the automatic mode, answered by all the image's instances (0: none).
     """
 
     def __init__(
@@ -94,12 +96,17 @@ class SamDataModule(L.LightningDataModule):
         val_max_objects_per_image: int | None = None,
         pin_memory: bool | None = None,
         embedding_cache: EmbeddingCache | None = None,
+        automatic_points_per_image: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise DataError(f"data.batch_size = {batch_size}; expected >= 1")
         if num_workers < 0:
             raise DataError(f"data.num_workers = {num_workers}; expected >= 0")
+        if automatic_points_per_image < 0:
+            raise DataError(
+                f"data.automatic_points_per_image = {automatic_points_per_image}; expected >= 0"
+            )
         self.specs = {"train": train, "val": val, "test": test}
         self.image_size = int(image_size)
         self.resize_interpolation = resize_interpolation
@@ -123,6 +130,7 @@ class SamDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.embedding_cache = embedding_cache
+        self.automatic_points_per_image = int(automatic_points_per_image)
         self.datasets: dict[str, SamDataset] = {}
         if embedding_cache is not None:
             reason = flip_probabilities(self.augment)[1]
@@ -152,6 +160,7 @@ class SamDataModule(L.LightningDataModule):
             max_area_fraction=self.max_area_fraction,
             seed=self.seed,
             deterministic=not train,
+            automatic_points=self.automatic_points_per_image if train else 0,
         )
         if len(dataset) == 0:
             raise DataError(

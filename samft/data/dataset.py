@@ -12,6 +12,10 @@ prompts are the same in every epoch, worker and process.
 
 Cached embeddings (`use_embeddings`): the albumentations pipeline is replaced by flips drawn
 here, and each sample carries the embedding of exactly the orientation it shows.
+
+Automatic-mode points (`automatic_points > 0`): each sample also carries that many points
+drawn uniformly over the image and the masks of all its instances (`samft.data.automatic`);
+they are drawn after the prompts, so the prompts stay those of a dataset without them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from samft.data.augment import apply_augment
+from samft.data.automatic import instance_indices, sample_image_points
 from samft.data.errors import DataError
 from samft.data.objects import SKIP_IMAGE, choose_objects, large_enough, usable_objects
 from samft.data.prompts import PromptSampler, stable_seed
@@ -75,6 +80,7 @@ class SamDataset(Dataset):
         deterministic: draw objects, augmentation and prompts from (seed, image id).
         max_augment_tries: augmentations tried before falling back to the plain image
             when every chosen object vanished.
+        automatic_points: points per sample for training the automatic mode (0: none).
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class SamDataset(Dataset):
         seed: int = 0,
         deterministic: bool = False,
         max_augment_tries: int = 3,
+        automatic_points: int = 0,
     ) -> None:
         if image_size <= 0 or image_size % 16:
             raise DataError(f"image_size = {image_size}; expected a positive multiple of 16")
@@ -97,6 +104,8 @@ class SamDataset(Dataset):
             raise DataError(f"max_objects_per_image = {max_objects_per_image}; expected >= 1")
         if not 0 < max_area_fraction <= 1:
             raise DataError(f"max_area_fraction = {max_area_fraction}; expected in (0, 1]")
+        if automatic_points < 0:
+            raise DataError(f"automatic_points = {automatic_points}; expected >= 0")
         self.reader = reader
         self.image_size = int(image_size)
         self.resize_interpolation = resize_interpolation
@@ -108,6 +117,7 @@ class SamDataset(Dataset):
         self.seed = int(seed)
         self.deterministic = deterministic
         self.max_augment_tries = max(int(max_augment_tries), 1)
+        self.automatic_points = int(automatic_points)
         self.skipped: Counter[str] = Counter()
         self.runtime: Counter[str] = Counter()
         self.embeddings: EmbeddingSource | None = None
@@ -145,17 +155,18 @@ class SamDataset(Dataset):
         return {(0, 0): "none", (1, 0): "h", (0, 1): "v", (1, 1): "hv"}[(flip_h, flip_v)]
 
     def _augment(
-        self, image: np.ndarray, masks: np.ndarray, rng: np.random.Generator
+        self, image: np.ndarray, masks: np.ndarray, prompted: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Augmented image and masks, and which of the input objects survived (N bool)."""
+        """Augmented image and all N masks, and which of them are still large enough
+        (N bool). An augmentation counts only when a `prompted` (N bool) mask survives."""
         if self.augment is None:
             return image, masks, np.ones(len(masks), dtype=bool)
         for _ in range(self.max_augment_tries):
             new_image, new_masks = apply_augment(self.augment, image, masks, rng)
             keep = large_enough(new_masks, self.min_area)
-            if keep.any():
-                self.runtime[AUG_DROPPED] += int((~keep).sum())
-                return new_image, new_masks[keep], keep
+            if (keep & prompted).any():
+                self.runtime[AUG_DROPPED] += int((~keep & prompted).sum())
+                return new_image, new_masks, keep
         self.runtime[AUG_FALLBACK] += 1
         return image, masks, np.ones(len(masks), dtype=bool)
 
@@ -164,18 +175,24 @@ class SamDataset(Dataset):
         record = self.reader.records[record_index]
         rng = self.rng(index)
         chosen = choose_objects(usable, self.max_objects, rng)
-        loaded = self.reader.load(record, chosen)
+        automatic = self.automatic_points > 0
+        instances = instance_indices(record) if automatic else []
+        loaded_ids = sorted(set(chosen) | set(instances))
+        loaded = self.reader.load(record, loaded_ids)
+        prompted = np.isin(loaded_ids, chosen)
         orientation = None
         if self.embeddings is None:
-            image, masks, kept = self._augment(loaded.image, loaded.masks, rng)
+            image, all_masks, kept = self._augment(loaded.image, loaded.masks, prompted, rng)
         else:
             orientation = self._draw_orientation(rng)
-            image, masks = (
+            image, all_masks = (
                 orient(loaded.image, orientation),
                 orient(loaded.masks, orientation, (1, 2)),
             )
-            kept = np.ones(len(masks), dtype=bool)
-        chosen = [c for c, k in zip(chosen, kept, strict=True) if k]
+            kept = np.ones(len(all_masks), dtype=bool)
+        chosen = [c for c, k in zip(loaded_ids, prompted & kept, strict=True) if k]
+        masks = all_masks[prompted & kept]
+        instance_masks = all_masks[np.isin(loaded_ids, instances) & all_masks.any(axis=(1, 2))]
 
         original_size = image.shape[:2]
         areas = masks.reshape(len(masks), -1).sum(axis=1).astype(np.float32)
@@ -206,6 +223,13 @@ class SamDataset(Dataset):
                 [record.objects[c].category_id for c in chosen], dtype=torch.long
             ),
         }
+        if automatic:
+            h, w = image.shape[:2]
+            points = sample_image_points(h, w, self.automatic_points, rng)
+            sample["automatic_points"] = torch.from_numpy(points)
+            sample["instance_masks"] = torch.from_numpy(
+                resize_masks(instance_masks, self.image_size)
+            )
         if self.embeddings is not None:
             sample["embedding"] = self.embeddings.get(record.path, orientation)
         return sample

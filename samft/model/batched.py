@@ -111,3 +111,12 @@ def upscale(sam: Sam, low_res: Tensor) -> Tensor:
     (the first step of `Sam.postprocess_masks`)."""
     size = sam.image_size
     return F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
+
+
+def inside_image(sizes: Tensor, size: int) -> Tensor:
+    """P x S x S bool, True inside each prompt's image (`sizes` P x 2: its h, w in the input
+    frame) and False on the padding of the S x S square."""
+    rows = torch.arange(size, device=sizes.device)
+    inside_h = rows[None, :] < sizes[:, :1]
+    inside_w = rows[None, :] < sizes[:, 1:]
+    return inside_h[:, :, None] & inside_w[:, None, :]

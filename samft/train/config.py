@@ -84,7 +84,9 @@ class InteractiveConfig:
 
 @dataclass
 class LossConfig:
-    """Loss weights and focal-loss shape (Hydra group `loss`, arguments of `SamLoss`)."""
+    """Loss weights and focal-loss shape (Hydra group `loss`): the arguments of `SamLoss`,
+    and the weight of the automatic-mode points' loss (`samft.train.automatic_loss`),
+    added to the prompted loss when batches carry such points."""
 
     focal_weight: float = 20.0
     dice_weight: float = 1.0
@@ -92,6 +94,13 @@ class LossConfig:
     alpha: float = 0.25
     gamma: float = 2.0
     supervise_all_iou: bool = True
+    automatic_weight: float = 1.0
+
+    def sam_loss_arguments(self) -> dict:
+        """The fields `SamLoss` takes."""
+        values = dataclasses.asdict(self)
+        values.pop("automatic_weight")
+        return values
 
 
 def _one_of(key: str, value: Any, allowed: tuple) -> None:

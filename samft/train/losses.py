@@ -178,6 +178,8 @@ class SamLoss(nn.Module):
         valid: Tensor | None = None,
         num_objects: float | Tensor | None = None,
         answering: Tensor | None = None,
+        iou_targets: Tensor | None = None,
+        mask_weights: Tensor | None = None,
     ) -> LossOutput:
         """Compute the loss of P objects.
 
@@ -192,6 +194,10 @@ class SamLoss(nn.Module):
                 answers an ambiguous single point with its 3 multimask outputs and any other
                 prompt with its single-mask output; with all 4 outputs decoded at once, this
                 says which apply to each object. The best mask and the IoU MSE use only these.
+            iou_targets: P x M targets of the IoU head instead of each mask's IoU with
+                `gt_masks` (automatic-mode points: the IoU with the best-matching instance).
+            mask_weights: P, scales each object's focal and dice loss (0: train the IoU head
+                only, for a point with no object under it); None: 1 for all.
         """
         if iou_predictions.shape != mask_logits.shape[:2]:
             raise ValueError(
@@ -202,6 +208,13 @@ class SamLoss(nn.Module):
         focal = sigmoid_focal_loss(mask_logits, gt_masks, valid, self.alpha, self.gamma)
         dice = dice_loss(mask_logits, gt_masks, valid)
         true_iou = mask_iou(mask_logits, gt_masks, valid)  # P x M, no gradient
+        if iou_targets is not None:
+            if iou_targets.shape != iou_predictions.shape:
+                raise ValueError(
+                    f"iou_targets must be P x M = {tuple(iou_predictions.shape)}, "
+                    f"got shape {tuple(iou_targets.shape)}"
+                )
+            true_iou = iou_targets.detach()
 
         rows = torch.arange(mask_logits.shape[0], device=mask_logits.device)
         if answering is None:
@@ -224,8 +237,12 @@ class SamLoss(nn.Module):
             num_objects = float(mask_logits.shape[0])
         divisor = torch.as_tensor(num_objects, dtype=focal.dtype, device=focal.device)
         divisor = divisor.clamp(min=1)
-        focal_sum = focal[rows, best].sum() / divisor
-        dice_sum = dice[rows, best].sum() / divisor
+        focal_best, dice_best = focal[rows, best], dice[rows, best]
+        if mask_weights is not None:
+            weights = mask_weights.to(focal_best.dtype)
+            focal_best, dice_best = focal_best * weights, dice_best * weights
+        focal_sum = focal_best.sum() / divisor
+        dice_sum = dice_best.sum() / divisor
         iou_sum = iou_per_object.sum() / divisor
         total = (
             self.focal_weight * focal_sum + self.dice_weight * dice_sum + self.iou_weight * iou_sum

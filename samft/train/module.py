@@ -21,6 +21,7 @@ from samft.model.lora import apply_lora
 from samft.model.prompts import Prompts
 from samft.model.registry import build_sam
 from samft.model.sam import Sam
+from samft.train.automatic_loss import automatic_point_loss
 from samft.train.clicks import sample_correction_points
 from samft.train.config import (
     FinetuneConfig,
@@ -67,7 +68,7 @@ class SamFineTuner(L.LightningModule):
         )
         self.model: Sam = self._build_model().train()
         self._set_trainable()
-        self.loss_fn = SamLoss(**dataclasses.asdict(self.loss_config))
+        self.loss_fn = SamLoss(**self.loss_config.sam_loss_arguments())
         self.val_metrics = PromptedSegmentationMetrics(
             max_click_round=max(self.interactive_config.val_clicks, default=0)
         )
@@ -148,12 +149,8 @@ class SamFineTuner(L.LightningModule):
 
     def valid_region(self, batch: SamBatch) -> Tensor:
         """P x S x S, True inside each object's image (False on the padding)."""
-        size = self.model.image_size
         sizes = batch.input_sizes[batch.object_image_index]  # P x 2 (h, w)
-        rows = torch.arange(size, device=sizes.device)
-        inside_h = rows[None, :] < sizes[:, :1]
-        inside_w = rows[None, :] < sizes[:, 1:]
-        return inside_h[:, :, None] & inside_w[:, None, :]
+        return batched.inside_image(sizes, self.model.image_size)
 
     def num_objects_per_rank(self, count: int) -> float:
         """Objects summed over ranks / world size: with DDP's gradient averaging this makes
@@ -225,6 +222,14 @@ class SamFineTuner(L.LightningModule):
             prompts = self.next_prompts(
                 prompts, out.low_res[rows, best].detach(), pred, gt, valid, cfg.click_mode
             )
+        automatic = batch.automatic
+        if automatic is not None and self.loss_config.automatic_weight > 0:
+            num_points = self.num_objects_per_rank(automatic.points.shape[0])
+            auto = automatic_point_loss(
+                self.model, self.loss_fn, embeddings, automatic, batch.input_sizes, num_points
+            )
+            totals["total"] = totals["total"] + self.loss_config.automatic_weight * auto.total
+            totals["automatic"] = auto.total
 
         for key, value in totals.items():
             name = "train/loss" if key == "total" else f"train/loss_{key}"

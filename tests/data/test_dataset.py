@@ -121,3 +121,30 @@ def test_all_objects_when_k_is_none(coco_val):
 def test_bad_settings(coco_val, kwargs, message):
     with pytest.raises(DataError, match=message):
         SamDataset(coco_val, **kwargs)
+
+
+def test_automatic_points_come_with_every_instance_and_leave_the_prompts_alone(coco_val):
+    plain = SamDataset(coco_val, image_size=256, max_objects_per_image=2, deterministic=True)
+    auto = SamDataset(
+        coco_val, image_size=256, max_objects_per_image=2, deterministic=True, automatic_points=5
+    )
+    index = next(i for i in range(len(plain)) if len(plain.record(i).objects) > 2)
+    a, b = plain[index], auto[index]
+    assert _same(a, {k: b[k] for k in a})  # the prompted part is unchanged
+    record = auto.record(index)
+    h, w = b["input_size"].tolist()
+    points = b["automatic_points"]
+    assert points.shape == (5, 2)
+    assert (points >= 0).all() and (points[:, 0] <= w - 1).all() and (points[:, 1] <= h - 1).all()
+    instances = [i for i, o in enumerate(record.objects) if not o.iscrowd and o.area > 0]
+    expected = resize_masks(coco_val.load(record, instances).masks, 256)
+    expected = expected[expected.any(axis=(1, 2))]
+    np.testing.assert_array_equal(b["instance_masks"].numpy(), expected)
+    batch = collate_samples([b, auto[(index + 1) % len(auto)]])
+    assert batch.automatic.points.shape == (10, 2)
+    assert batch.automatic.image_index.tolist() == [0] * 5 + [1] * 5
+    assert batch.automatic.instance_masks.shape[1:] == (256, 256)
+    assert batch.automatic.instance_image_index.tolist().count(0) == len(expected)
+    assert collate_samples([a]).automatic is None
+    with pytest.raises(DataError, match="automatic_points"):
+        SamDataset(coco_val, automatic_points=-1)

@@ -249,3 +249,28 @@ def test_click_mode_typo_is_refused_at_start():
         SamFineTuner(model={"variant": "tiny"}, interactive={"click_mode": "centre"})
     with pytest.raises(ValueError, match=r"loss.focal_weight='abc': expected float"):
         SamFineTuner(model={"variant": "tiny"}, loss={"focal_weight": "abc"})
+
+
+def test_automatic_points_add_their_weighted_loss_to_the_step(ct_organs):
+    from samft.train.automatic_loss import automatic_point_loss
+
+    dm = _datamodule(ct_organs, automatic_points_per_image=3)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.automatic is not None and batch.automatic.points.shape == (6, 2)
+    torch.manual_seed(0)
+    module = _module()
+    logged: dict[str, torch.Tensor] = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
+    with torch.no_grad():
+        module.loss_config.automatic_weight = 0.0
+        without = module.training_step(batch, 0)
+        module.loss_config.automatic_weight = 0.5
+        with_points = module.training_step(batch, 0)
+        emb = module.encode_images(batch.images)
+        auto = automatic_point_loss(
+            module.model, module.loss_fn, emb, batch.automatic, batch.input_sizes, 6.0
+        )
+    assert auto.total.item() > 0
+    torch.testing.assert_close(with_points, without + 0.5 * auto.total)
+    torch.testing.assert_close(logged["train/loss_automatic"], auto.total)
