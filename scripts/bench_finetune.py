@@ -7,6 +7,7 @@ on dsb-nuclei/val and on ct-organs (a CT domain LiteMedSAM was trained on: forge
 
     zero_shot  the released LiteMedSAM weights, untouched
     decoder    encoder frozen, embeddings cached once, prompt encoder + decoder trained
+    automatic  the decoder recipe plus points anywhere on the image for automatic mode
     lora       LoRA on the encoder's attention + decoder (encoder runs every step)
     full       everything trained
 
@@ -37,7 +38,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
-MODES = ("zero_shot", "decoder", "lora", "full")
+MODES = ("zero_shot", "decoder", "automatic", "lora", "full")
+CACHED_MODES = ("decoder", "automatic")  # encoder frozen: embeddings cached once, shared
 CHECKPOINT = "litemedsam"  # the released weights (samft.weights.known)
 
 # One prompt per object for each type, the same for every model (seeded per image and type).
@@ -103,7 +105,7 @@ def compose_train_config(mode: str, specs: dict, run_dir: Path, overrides: list[
         "callbacks.prediction_pictures=null",
         *overrides,
     ]
-    if mode == "decoder":
+    if mode in CACHED_MODES:
         args.append(f"cache.dir={run_dir.parent / 'cache'}")  # shared: built once
     with initialize_config_module("samft.conf", version_base="1.3"):
         return compose("train", overrides=args)
@@ -159,12 +161,16 @@ def run_mode(mode: str, args: argparse.Namespace, queue: Any) -> None:
         cfg = compose_train_config(mode, specs, run_dir, overrides)
         OmegaConf.resolve(cfg)
         start = time.perf_counter()
-        if mode == "decoder":
-            cache_embeddings(cfg)
-            result["cache_s"] = time.perf_counter() - start
-        train(cfg)
-        result["train_s"] = time.perf_counter() - start  # cache included
         checkpoint = str(run_dir / "checkpoints" / "last.ckpt")
+        if args.score_only:  # a finished run of this mode under --work: score it again
+            if not Path(checkpoint).is_file():
+                raise SystemExit(f"--score-only: no {checkpoint}; train mode {mode} first")
+        else:
+            if mode in CACHED_MODES:
+                cache_embeddings(cfg)
+                result["cache_s"] = time.perf_counter() - start
+            train(cfg)
+            result["train_s"] = time.perf_counter() - start  # cache included
         result["steps"] = _global_step(checkpoint)
         result["recipe"] = {
             key: OmegaConf.to_container(cfg[key], resolve=True)
@@ -291,6 +297,11 @@ def main() -> None:
         "--picture", default=None, help="PNG: one-point answers zero-shot vs best mode"
     )
     parser.add_argument("--picture-images", type=int, default=3)
+    parser.add_argument(
+        "--score-only",
+        action="store_true",
+        help="score the last.ckpt of runs already under --work instead of training",
+    )
     args = parser.parse_args()
     args.steps = parse_steps(args.steps)
     args.val_objects = args.val_objects or None
