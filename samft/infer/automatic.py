@@ -15,13 +15,15 @@ filters them with thresholds at least as strict, runs NMS and returns the record
 selection and the records live in `samft.infer.mask_candidates`.
 
 Where the work goes: one encoder pass per crop (`SamPredictor.set_image`: the predictor's
-resize and the model's own `preprocess`); the points of a call go through the decoder
-together, sharing the crop's embedding (`image_index`: it is never repeated per prompt); the
-IoU filter runs on the low-res outputs, so only the masks that pass it are upscaled to the
-crop's size, where the stability score is computed as the official generator computes it
-(on the upscaled logits: on low-res logits it would differ); boxes, the edge filter and RLEs
-are computed for all masks of a call at once. On the CPU the calls are kept small enough to
-avoid page faults (`CPU_CALL_BYTES`).
+resize and the model's own `preprocess`); the decoder's prompt-independent work on the crop
+is done once too (`MaskDecoder.prepare_image`), and the points of a call go through the
+decoder together on it (`MaskDecoder.predict_prepared`: the crop's tokens are never repeated
+per prompt, and only the three multimask outputs are computed); the IoU filter runs on the
+low-res outputs, so only the masks that pass it are upscaled to the crop's size, where the
+stability score is computed as the official generator computes it (on the upscaled logits:
+on low-res logits it would differ); boxes, the edge filter and RLEs are computed for all
+masks of a call at once. On the CPU the calls are kept small enough to avoid page faults
+(`CPU_CALL_BYTES`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from samft.infer.mask_ops import (
 from samft.infer.predictor import SamPredictor
 from samft.infer.rle import masks_to_rle
 from samft.model.sam import Sam
+from samft.model.transformer import PreparedImage
 
 # On the CPU, points per decoder call are also limited so that the decoder's largest
 # per-call temporary (the upscaled image features, points x C/8 x 4h x 4w floats) stays
@@ -170,11 +173,14 @@ class AutomaticMaskGenerator:
         for crop_id, (box, layer) in enumerate(zip(boxes, layers, strict=True)):
             x0, y0, x1, y1 = box
             self.predictor.set_image(image[y0:y1, x0:x1])
+            prepared = self._prepare_crop()
             points = self.point_grids[layer] * np.array([x1 - x0, y1 - y0], dtype=np.float64)
             step = self.points_per_call()
             for start in range(0, len(points), step):
                 batch = points[start : start + step]
-                part = self._decode_points(batch, box, (height, width), iou_thresh, stab_thresh)
+                part = self._decode_points(
+                    prepared, batch, box, (height, width), iou_thresh, stab_thresh
+                )
                 parts.append((crop_id, part))
         self.predictor.reset_image()
 
@@ -198,28 +204,33 @@ class AutomaticMaskGenerator:
             stability_score_thresh=stab_thresh,
         )
 
+    def _prepare_crop(self) -> PreparedImage:
+        """The current crop's embedding made ready for the decoder calls of its points
+        (single clicks: no mask prompt, so every call has the same dense embedding)."""
+        prompt_encoder = self.model.prompt_encoder
+        _, dense = prompt_encoder(points=None, boxes=None, masks=None)  # 1 x C x h x w
+        return self.model.mask_decoder.prepare_image(
+            self.predictor.features, prompt_encoder.get_dense_pe(), dense
+        )
+
     def _decode_points(
         self,
+        prepared: PreparedImage,
         points: np.ndarray,
         crop_box: list[int],
         image_size: tuple[int, int],
         iou_thresh: float,
         stab_thresh: float,
     ) -> dict[str, Any]:
-        """Decode `P x 2` points (crop frame, float64) on the current crop embedding."""
+        """Decode `P x 2` points (crop frame, float64) on the current crop (`prepared`)."""
         sam, predictor = self.model, self.predictor
         crop_size = (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0])
         coords = predictor.transform.apply_coords(points, crop_size)  # float64, input frame
         coords = torch.as_tensor(coords, device=sam.device)[:, None, :]
         labels = torch.ones(coords.shape[:2], dtype=torch.int, device=sam.device)
-        sparse, dense = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        low_res, iou_preds = sam.mask_decoder(
-            image_embeddings=predictor.features,
-            image_pe=sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=True,
-            image_index=torch.zeros(len(points), dtype=torch.long, device=sam.device),
+        sparse, _ = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        low_res, iou_preds = sam.mask_decoder.predict_prepared(
+            prepared, sparse, multimask_output=True
         )
         n_out = low_res.shape[1]
         low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)

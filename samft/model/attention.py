@@ -129,6 +129,23 @@ class Attention(nn.Module):
         # softmax over the T tokens with the image tokens innermost: a softmax along a
         # last dimension of ~7 elements is an order of magnitude slower on the CPU
         weights = logits.softmax(dim=2).reshape(N, heads * T, -1)  # N x HT x hw
+        return self.pool_tokens(weights, v)
+
+    def pool_tokens(self, weights: Tensor, v: Tensor) -> Tensor:
+        """The end of reordered image-to-token attention: each head's attention weights
+        pool the prompt tokens' values, with the value projection folded into the output
+        projection (`v_h W_v,h^T W_o,h^T` is T x C per head).
+
+        Args:
+            weights: `N x heads*T x hw` attention weights (head-major), each image token's
+                weights over the T tokens of its prompt summing to one per head.
+            v: `N x T x C` prompt tokens.
+
+        Returns:
+            `N x hw x C`, the attention output after `out_proj`.
+        """
+        N, T, _ = v.shape
+        heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         value = self.v_proj(v).reshape(N, T, heads, head_dim).transpose(1, 2)  # N x H x T x d
         out_weight = self.out_proj.weight.reshape(-1, heads, head_dim).transpose(0, 1)
         mixed = (value @ out_weight.transpose(1, 2)).reshape(N, heads * T, -1)  # N x HT x C

@@ -4,6 +4,16 @@ One IoU token and `num_multimask_outputs + 1` mask tokens go through the two-way
 transformer with the prompt tokens. The image tokens are upscaled 4x; each mask token,
 through its own small MLP, becomes the weights of a per-pixel dot product with them.
 Mask 0 is the single-mask answer; masks 1.. are the ambiguity-aware multimask answers.
+
+Inference on a prepared image (`prepare_image`, then `predict_prepared` per call, as the
+automatic mask generator does): the transformer's prompt-independent work on the image is
+done once (`samft.model.transformer.PreparedImage`), only the masks asked for are computed,
+and the upscaling runs pixel-wise in tiles (`upscale_masks`). A kernel-2, stride-2
+transposed convolution maps each input pixel to its own 2 x 2 block of output pixels
+(`C_in -> 4 C_out`, a matrix product on channels-last tokens), and LayerNorm2d, the
+activations and the hypernetwork product are per pixel too; so a band of image-token rows
+goes through all of them, up to its mask logits, while its temporaries are still in the
+cache, instead of streaming `N x C/8 x 4h x 4w` maps through memory several times.
 """
 
 from __future__ import annotations
@@ -13,7 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from samft.model.common import LayerNorm2d
-from samft.model.transformer import TwoWayTransformer
+from samft.model.transformer import PreparedImage, TwoWayTransformer
+
+# input pixels (image tokens) per tile of the pixel-wise upscaling: the tile's largest
+# temporary, 16 x this x C/8 floats (1 MiB at C = 256), stays within a core's L2 cache
+UPSCALE_TILE_PIXELS = 512
 
 
 class MaskDecoder(nn.Module):
@@ -99,9 +113,7 @@ class MaskDecoder(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """All `num_mask_tokens` masks `N x (M+1) x 4h x 4w` and scores `N x (M+1)`."""
         N = sparse_prompt_embeddings.shape[0]
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        output_tokens = output_tokens[None].expand(N, -1, -1)
-        tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)  # N x T' x C
+        tokens = self._tokens(sparse_prompt_embeddings)  # N x T' x C
 
         if image_index is None:  # the official call: one image for all N prompts
             image_index = torch.zeros(N, dtype=torch.long, device=tokens.device)
@@ -127,6 +139,127 @@ class MaskDecoder(nn.Module):
             -1, self.num_mask_tokens, uh, uw
         )
         return masks, self.iou_prediction_head(iou_token_out)
+
+    def prepare_image(
+        self, image_embeddings: Tensor, image_pe: Tensor, dense_prompt_embeddings: Tensor
+    ) -> PreparedImage:
+        """One image's prompt-independent decoder work, for `predict_prepared`.
+
+        Args:
+            image_embeddings: `1 x C x h x w`.
+            image_pe: `1 x C x h x w` (`PromptEncoder.get_dense_pe()`).
+            dense_prompt_embeddings: `1 x C x h x w` (or `N x ...` equal rows): the dense
+                embedding of every prompt that will be decoded on it (no mask prompt).
+        """
+        src = image_embeddings + dense_prompt_embeddings[:1]
+        return self.transformer.prepare_image(src, image_pe)
+
+    def predict_prepared(
+        self, prepared: PreparedImage, sparse_prompt_embeddings: Tensor, multimask_output: bool
+    ) -> tuple[Tensor, Tensor]:
+        """`forward` for N prompts on a prepared image (meant for inference).
+
+        Equal to `forward(image_embeddings, image_pe, sparse_prompt_embeddings, dense,
+        multimask_output)` with the inputs `prepared` was made from, the prompts' dense
+        embedding among them; only the returned masks are computed.
+
+        Args:
+            prepared: `prepare_image` of the image.
+            sparse_prompt_embeddings: `N x T x C`.
+            multimask_output: the 3 multimask outputs instead of the single one.
+
+        Returns:
+            low-res mask logits `N x M x 4h x 4w` and IoU predictions `N x M`.
+        """
+        chosen = range(1, self.num_mask_tokens) if multimask_output else range(1)
+        tokens = self._tokens(sparse_prompt_embeddings)
+        hs, src = self.transformer.forward_prepared(prepared, tokens)
+        hyper_in = torch.stack(
+            [self.output_hypernetworks_mlps[i](hs[:, 1 + i]) for i in chosen], dim=1
+        )  # N x M x C/8
+        masks = self.upscale_masks(src, hyper_in, prepared.size)
+        iou_pred = self.iou_prediction_head(hs[:, 0])
+        return masks, iou_pred[:, chosen.start : chosen.stop]
+
+    def _tokens(self, sparse_prompt_embeddings: Tensor) -> Tensor:
+        """The IoU and mask tokens before each prompt's tokens: `N x T x C` -> `N x T' x C`."""
+        N = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens[None].expand(N, -1, -1)
+        return torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
+
+    def upscale_masks(self, src: Tensor, hyper_in: Tensor, size: tuple[int, int]) -> Tensor:
+        """Mask logits from the transformer's image tokens and the hypernetwork weights.
+
+        Equal to `hyper_in @ output_upscaling(src as N x C x h x w)`, computed pixel-wise
+        in tiles of `UPSCALE_TILE_PIXELS` image tokens (see the module doc); an upscaling
+        of other layer types than the official ones runs as it is.
+
+        Args:
+            src: `N x hw x C` image tokens.
+            hyper_in: `N x M x C/8` per-mask weights.
+            size: (h, w) of the token grid.
+
+        Returns:
+            `N x M x 4h x 4w` logits.
+        """
+        h, w = size
+        N, M, _ = hyper_in.shape
+        maps = self._pixelwise_upscaling()
+        if maps is None:
+            upscaled = self.output_upscaling(src.transpose(1, 2).reshape(N, -1, h, w))
+            return (hyper_in @ upscaled.flatten(2)).reshape(N, M, 4 * h, 4 * w)
+        rows = max(1, UPSCALE_TILE_PIXELS // w)
+        out = src.new_empty(N, M, h, 4, w, 4)  # the 4 x 4 output pixels of each token
+        grid = src.reshape(N, h, w, -1)
+        for n in range(N):
+            weights = hyper_in[n].transpose(0, 1)  # C/8 x M
+            for top in range(0, h, rows):
+                tile = grid[n, top : top + rows]  # r x w x C
+                logits = self._upscale_tile(tile.reshape(-1, tile.shape[-1]), weights, maps)
+                r = tile.shape[0]
+                # token (i, j), first-conv offset (a, b), second-conv offset (c, d) ->
+                # output pixel (4i + 2a + c, 4j + 2b + d)
+                logits = logits.reshape(r, w, 2, 2, 2, 2, M).permute(6, 0, 2, 4, 1, 3, 5)
+                out[n, :, top : top + r].copy_(logits.reshape(M, r, 4, w, 4))
+        return out.reshape(N, M, 4 * h, 4 * w)
+
+    def _upscale_tile(
+        self, tokens: Tensor, weights: Tensor, maps: tuple[Tensor, Tensor, Tensor, Tensor]
+    ) -> Tensor:
+        """`P x C` image tokens -> `P*16 x M` mask logits, rows ordered (token, a, b, c, d)
+        with (a, b) the first and (c, d) the second transposed convolution's offset."""
+        weight1, bias1, weight2, bias2 = maps
+        _, norm, act1, _, act2 = self.output_upscaling
+        x = torch.addmm(bias1, tokens, weight1).reshape(-1, weight2.shape[0])  # P*4 x C/4
+        x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+        x = act2(torch.addmm(bias2, x, weight2)).reshape(-1, weights.shape[0])  # P*16 x C/8
+        return x @ weights
+
+    def _pixelwise_upscaling(self) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """The two transposed convolutions as per-pixel linear maps, `C_in x 4 C_out`
+        weights with columns ordered (a, b, channel) and `4 C_out` biases; None unless
+        the upscaling has the official layer types and shapes."""
+        layers = list(self.output_upscaling)
+        if len(layers) != 5 or not isinstance(layers[1], LayerNorm2d):
+            return None
+        maps = []
+        for conv in (layers[0], layers[3]):
+            if not (
+                type(conv) is nn.ConvTranspose2d
+                and conv.kernel_size == (2, 2)
+                and conv.stride == (2, 2)
+                and conv.padding == (0, 0)
+                and conv.output_padding == (0, 0)
+                and conv.dilation == (1, 1)
+                and conv.groups == 1
+                and conv.bias is not None
+            ):
+                return None
+            c_in, c_out = conv.weight.shape[:2]
+            maps.append(conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out))
+            maps.append(conv.bias.repeat(4))
+        return maps[0], maps[1], maps[2], maps[3]
 
 
 def dense_is_shared(dense: Tensor) -> bool:
