@@ -28,6 +28,7 @@ masks of a call at once. On the CPU the calls are kept small enough to avoid pag
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from samft.infer.heap import retained_heap
 from samft.infer.mask_candidates import OUTPUT_MODES, MaskCandidates, select_masks, to_records
 from samft.infer.mask_ops import (
     crop_boxes,
@@ -52,11 +54,12 @@ from samft.model.sam import Sam
 from samft.model.transformer import PreparedImage
 
 # On the CPU, points per decoder call are also limited so that the decoder's largest
-# per-call temporary (the upscaled image features, points x C/8 x 4h x 4w floats) stays
-# below glibc's largest mmap threshold (32 MiB): bigger blocks are mapped afresh on every
-# call, and faulting their pages in cost as much as the decoder's arithmetic at one thread
-# (LiteMedSAM, 64 points per call: 11 s of page faults beside 12 s of compute for 256
-# points; 3 points per call: 0.5 s).
+# per-call temporaries (the prompts' image tokens, points x C x h x w floats) stay below
+# glibc's largest mmap threshold (32 MiB): bigger blocks are mapped afresh on every call,
+# and faulting their pages in costs as much as a good part of the arithmetic at one thread;
+# smaller ones are reused from call to call (`samft.infer.heap.retained_heap`). LiteMedSAM
+# (4 MiB per point), one thread, 144 points, besides the encoder: 49-52 ms per point at 6
+# points per call, 58 at 3, 76-82 at 8-16 (their tokens are mapped afresh).
 CPU_CALL_BYTES = 24 * 2**20
 
 
@@ -143,8 +146,8 @@ class AutomaticMaskGenerator:
         if sam.device.type != "cpu":
             return self.points_per_batch
         h, w = sam.prompt_encoder.image_embedding_size
-        channels = sam.mask_decoder.transformer_dim // 8
-        per_point = channels * (4 * h) * (4 * w) * sam.mask_decoder.iou_token.weight.element_size()
+        channels = sam.mask_decoder.transformer_dim
+        per_point = channels * h * w * sam.mask_decoder.iou_token.weight.element_size()
         return max(1, min(self.points_per_batch, CPU_CALL_BYTES // per_point))
 
     @torch.no_grad()
@@ -170,18 +173,21 @@ class AutomaticMaskGenerator:
         height, width = image.shape[:2]
         boxes, layers = crop_boxes((height, width), self.crop_n_layers, self.crop_overlap_ratio)
         parts = []
-        for crop_id, (box, layer) in enumerate(zip(boxes, layers, strict=True)):
-            x0, y0, x1, y1 = box
-            self.predictor.set_image(image[y0:y1, x0:x1])
-            prepared = self._prepare_crop()
-            points = self.point_grids[layer] * np.array([x1 - x0, y1 - y0], dtype=np.float64)
-            step = self.points_per_call()
-            for start in range(0, len(points), step):
-                batch = points[start : start + step]
-                part = self._decode_points(
-                    prepared, batch, box, (height, width), iou_thresh, stab_thresh
-                )
-                parts.append((crop_id, part))
+        on_cpu = self.model.device.type == "cpu"
+        with retained_heap() if on_cpu else contextlib.nullcontext():
+            for crop_id, (box, layer) in enumerate(zip(boxes, layers, strict=True)):
+                x0, y0, x1, y1 = box
+                self.predictor.set_image(image[y0:y1, x0:x1])
+                prepared = self._prepare_crop()
+                scale = np.array([x1 - x0, y1 - y0], dtype=np.float64)
+                points = self.point_grids[layer] * scale
+                step = self.points_per_call()
+                for start in range(0, len(points), step):
+                    batch = points[start : start + step]
+                    part = self._decode_points(
+                        prepared, batch, box, (height, width), iou_thresh, stab_thresh
+                    )
+                    parts.append((crop_id, part))
         self.predictor.reset_image()
 
         def column(key: str, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:

@@ -191,9 +191,10 @@ class MaskDecoder(nn.Module):
     def upscale_masks(self, src: Tensor, hyper_in: Tensor, size: tuple[int, int]) -> Tensor:
         """Mask logits from the transformer's image tokens and the hypernetwork weights.
 
-        Equal to `hyper_in @ output_upscaling(src as N x C x h x w)`, computed pixel-wise
-        in tiles of `UPSCALE_TILE_PIXELS` image tokens (see the module doc); an upscaling
-        of other layer types than the official ones runs as it is.
+        Equal to `hyper_in @ output_upscaling(src as N x C x h x w)`. On the CPU it is
+        computed pixel-wise in tiles of `UPSCALE_TILE_PIXELS` image tokens (see the module
+        doc); elsewhere (an accelerator wants few large kernels), or with other layer types
+        than the official ones, the upscaling runs as it is.
 
         Args:
             src: `N x hw x C` image tokens.
@@ -205,7 +206,7 @@ class MaskDecoder(nn.Module):
         """
         h, w = size
         N, M, _ = hyper_in.shape
-        maps = self._pixelwise_upscaling()
+        maps = self._pixelwise_upscaling() if src.device.type == "cpu" else None
         if maps is None:
             upscaled = self.output_upscaling(src.transpose(1, 2).reshape(N, -1, h, w))
             return (hyper_in @ upscaled.flatten(2)).reshape(N, M, 4 * h, 4 * w)
