@@ -23,6 +23,7 @@ replaced by another layer type (for example a LoRA adapter) keeps the plain orde
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -149,4 +150,4 @@ class Attention(nn.Module):
         value = self.v_proj(v).reshape(N, T, heads, head_dim).transpose(1, 2)  # N x H x T x d
         out_weight = self.out_proj.weight.reshape(-1, heads, head_dim).transpose(0, 1)
         mixed = (value @ out_weight.transpose(1, 2)).reshape(N, heads * T, -1)  # N x HT x C
-        return weights.transpose(1, 2) @ mixed + self.out_proj.bias
+        return torch.baddbmm(self.out_proj.bias, weights.transpose(1, 2), mixed)

@@ -205,11 +205,12 @@ class TwoWayAttentionBlock(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Tokens `B x T x C`, image tokens `B x hw x C` -> both, updated."""
         queries = self._self_attend(queries, query_pe)
-        q, k = queries + query_pe, keys + key_pe
+        k = keys + key_pe  # the image tokens do not change until the last attention: once
+        q = queries + query_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image.attend_image(q, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
 
-        q, k = queries + query_pe, keys + key_pe
+        q = queries + query_pe
         keys = self.norm4(keys + self.cross_attn_image_to_token.attend_tokens(k, q, queries))
         return queries, keys
 
