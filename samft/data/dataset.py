@@ -190,14 +190,16 @@ class SamDataset(Dataset):
                 orient(loaded.masks, orientation, (1, 2)),
             )
             kept = np.ones(len(all_masks), dtype=bool)
-        chosen = [c for c, k in zip(loaded_ids, prompted & kept, strict=True) if k]
-        masks = all_masks[prompted & kept]
-        instance_masks = all_masks[np.isin(loaded_ids, instances) & all_masks.any(axis=(1, 2))]
+        is_prompted = prompted & kept
+        is_instance = np.isin(loaded_ids, instances) & all_masks.any(axis=(1, 2))
+        chosen = [c for c, k in zip(loaded_ids, is_prompted, strict=True) if k]
 
         original_size = image.shape[:2]
-        areas = masks.reshape(len(masks), -1).sum(axis=1).astype(np.float32)
+        areas = all_masks[is_prompted].reshape(len(chosen), -1).sum(axis=1).astype(np.float32)
         image = resize_image(image, self.image_size, self.resize_interpolation)
-        masks = resize_masks(masks, self.image_size)
+        used = is_prompted | is_instance  # each mask resized once, prompted or instance
+        resized = resize_masks(all_masks[used], self.image_size)
+        masks, instance_masks = resized[is_prompted[used]], resized[is_instance[used]]
 
         prompts = [self.prompts.sample(mask, rng) for mask in masks]
         coords, labels = pad_tokens([p.coords for p in prompts], [p.labels for p in prompts])
@@ -227,9 +229,7 @@ class SamDataset(Dataset):
             h, w = image.shape[:2]
             points = sample_image_points(h, w, self.automatic_points, rng)
             sample["automatic_points"] = torch.from_numpy(points)
-            sample["instance_masks"] = torch.from_numpy(
-                resize_masks(instance_masks, self.image_size)
-            )
+            sample["instance_masks"] = torch.from_numpy(instance_masks)
         if self.embeddings is not None:
             sample["embedding"] = self.embeddings.get(record.path, orientation)
         return sample

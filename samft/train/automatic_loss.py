@@ -68,10 +68,8 @@ def automatic_point_loss(
         automatic.instance_image_index,
     )
     on_object = owner >= 0
-    gt = automatic.instance_masks[owner.clamp(min=0)] if len(automatic.instance_masks) else None
-    if gt is None:
-        gt = torch.zeros_like(valid)
-    gt = gt & on_object[:, None, None]
+    gt = torch.zeros_like(valid)  # G x S x S: the instance under each point, else nothing
+    gt[on_object] = automatic.instance_masks[owner[on_object]]
     return loss_fn(
         logits,
         out.iou_pred,
