@@ -35,6 +35,17 @@ def ct_organs(shared_data: Path) -> Path:
     return shared_data / "ct-organs"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests (`pytestmark = pytest.mark.usefixtures(
+    "one_thread")`): their matrices are small, and on a busy 2-core machine two threads
+    waiting on each other cost more than they gain."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

@@ -41,13 +41,7 @@ IMAGE = "220b37f4ca7cab48.png"  # 256 x 320: the long side is resized, the short
 SIZE = 256  # LiteMedSAM's input size; its image embedding is 64 x 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One thread: on a busy 2-core machine two threads waiting on each other cost up to 8x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class FixedEncoder(nn.Module):

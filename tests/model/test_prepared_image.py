@@ -16,13 +16,7 @@ from samft.model.transformer import TwoWayTransformer
 GRID = (6, 5)  # a non-square token grid: rows and columns must not be swapped
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One thread: on a busy 2-core machine two threads waiting on each other cost more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _parts(dim: int = 64, heads: int = 4) -> tuple[PromptEncoder, MaskDecoder]:
