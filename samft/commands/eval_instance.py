@@ -117,6 +117,7 @@ def evaluate_instances(
             stability_score_threshs=stabilities,
             criterion=opts.criterion,
             min_object_size=opts.min_object_size,
+            covered_thresh=opts.covered_thresh,
             max_images=cfg.max_images,
             variant=cfg.variant,
             device=device_of(cfg.trainer),
@@ -137,6 +138,7 @@ def evaluate_instances(
                 {
                     "pred_iou_thresh": metrics["pred_iou_thresh"],
                     "stability_score_thresh": metrics["stability_score_thresh"],
+                    "covered_thresh": float(opts.covered_thresh),
                     "criterion": opts.criterion,
                     opts.criterion: result.search.best[opts.criterion],
                     "points_per_side": opts.points_per_side,

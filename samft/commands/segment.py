@@ -35,6 +35,7 @@ def main(cfg: DictConfig) -> None:
         stability_score_thresh=cfg.stability_score_thresh,
         stability_score_offset=cfg.stability_score_offset,
         box_nms_thresh=cfg.box_nms_thresh,
+        covered_thresh=cfg.covered_thresh,
         crop_n_layers=cfg.crop_n_layers,
         crop_n_points_downscale_factor=cfg.crop_n_points_downscale_factor,
         min_mask_region_area=cfg.min_mask_region_area,

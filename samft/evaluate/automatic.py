@@ -95,10 +95,12 @@ def evaluate_automatic(
     variant: str | None = None,
     device: str = "auto",
     name: str = "data",
+    covered_thresh: float = 1.0,
 ) -> InstanceResult:
     """Search the thresholds on the split and score the best cell (see the module
     docstring for the metrics). `pred_iou_threshs` / `stability_score_threshs`: the grid
-    (None: micro-sam's values; one value fixes that threshold)."""
+    (None: micro-sam's values; one value fixes that threshold). `covered_thresh` < 1 drops
+    masks mostly covered by better ones in every cell (`AutomaticMaskGenerator`)."""
     if criterion not in CRITERIA:
         raise ValueError(f"instance.criterion={criterion!r}; expected one of {list(CRITERIA)}")
     cells = search_cells(pred_iou_threshs, stability_score_threshs)
@@ -119,6 +121,7 @@ def evaluate_automatic(
         stability_score_thresh=lowest[1],
         crop_n_layers=crop_n_layers,
         output_mode="uncompressed_rle",
+        covered_thresh=covered_thresh,
     )
     log.info(
         "segmenting %d images with %s (%s, %d px), %d x %d points, %d threshold cells",

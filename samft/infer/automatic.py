@@ -6,6 +6,8 @@ per extra layer) the image is encoded once; every grid point is a single positiv
 three (multimask) answers. Masks are kept when their predicted IoU is above
 `pred_iou_thresh`, their stability score at least `stability_score_thresh`, and they do not
 touch an inner crop edge; box NMS then removes duplicates within a crop, then across crops.
+With `covered_thresh` < 1 (not in the official generator) masks mostly covered by masks the
+IoU head scores higher are dropped last, so that each object keeps one mask.
 
 Two stages, so that thresholds can be swept without running the model again:
 `propose(image)` runs the model and returns every mask that passes the thresholds, before
@@ -85,6 +87,9 @@ class AutomaticMaskGenerator:
             points_per_side.
         min_mask_region_area: if > 0, fill holes and drop islands smaller than this (pixels)
             in the kept masks, then re-run NMS.
+        covered_thresh: drop a mask when more than this fraction of its area is covered by
+            masks with a higher predicted IoU (`suppress_covered`; one mask per object, for
+            label images and instance metrics); 1 disables it, as in the official generator.
         output_mode: "binary_mask" (`H x W` bool arrays), "uncompressed_rle" or "coco_rle".
     """
 
@@ -104,6 +109,7 @@ class AutomaticMaskGenerator:
         point_grids: Sequence[np.ndarray] | None = None,
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
+        covered_thresh: float = 1.0,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
@@ -119,6 +125,8 @@ class AutomaticMaskGenerator:
             raise ValueError(f"need {crop_n_layers + 1} point grids, one per crop layer")
         if points_per_batch < 1:
             raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+        if not 0.0 <= covered_thresh <= 1.0:
+            raise ValueError(f"covered_thresh must be in [0, 1], got {covered_thresh}")
         self.predictor = SamPredictor(sam)
         self.point_grids = grids
         self.points_per_batch = int(points_per_batch)
@@ -131,6 +139,7 @@ class AutomaticMaskGenerator:
         self.crop_overlap_ratio = float(crop_overlap_ratio)
         self.min_mask_region_area = int(min_mask_region_area)
         self.output_mode = output_mode
+        self.covered_thresh = float(covered_thresh)
 
     @property
     def model(self) -> Sam:
@@ -294,5 +303,6 @@ class AutomaticMaskGenerator:
             self.box_nms_thresh,
             self.crop_nms_thresh,
             self.min_mask_region_area,
+            self.covered_thresh,
         )
         return to_records(kept, self.output_mode)

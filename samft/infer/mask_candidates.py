@@ -3,8 +3,9 @@
 `AutomaticMaskGenerator.propose` runs the model and returns `MaskCandidates`: every mask that
 passed its thresholds, before any NMS. `select_masks` filters them with thresholds at least
 as strict, removes duplicates with box NMS (within each crop, then across crops) and cleans
-small regions, exactly as the official generator does after decoding; `to_records` turns
-what is left into the official generator's records.
+small regions, exactly as the official generator does after decoding, and optionally drops
+masks that better ones already cover (`suppress_covered`, not in the official generator);
+`to_records` turns what is left into the official generator's records.
 """
 
 from __future__ import annotations
@@ -70,12 +71,14 @@ def select_masks(
     box_nms_thresh: float,
     crop_nms_thresh: float,
     min_mask_region_area: int = 0,
+    covered_thresh: float = 1.0,
 ) -> MaskCandidates:
     """The candidates that pass the thresholds (predicted IoU > `pred_iou_thresh`,
     stability >= `stability_score_thresh`; 0 disables either), after NMS within each crop
-    (by predicted IoU), across crops (masks from smaller crops win) and, when
-    `min_mask_region_area` > 0, the small-region clean-up. The thresholds must be at least
-    those the candidates were proposed with."""
+    (by predicted IoU), across crops (masks from smaller crops win), when
+    `min_mask_region_area` > 0 the small-region clean-up, and when `covered_thresh` < 1
+    `suppress_covered`. The thresholds must be at least those the candidates were proposed
+    with."""
     if (
         pred_iou_thresh < candidates.pred_iou_thresh
         or stability_score_thresh < candidates.stability_score_thresh
@@ -106,7 +109,38 @@ def select_masks(
 
     if min_mask_region_area > 0 and len(kept) > 0:
         kept = clean_small_regions(kept, min_mask_region_area, max(box_nms_thresh, crop_nms_thresh))
+    if covered_thresh < 1.0:
+        kept = suppress_covered(kept, covered_thresh)
     return kept
+
+
+def suppress_covered(kept: MaskCandidates, covered_thresh: float) -> MaskCandidates:
+    """Drop each mask of which more than `covered_thresh` of its area lies in the masks
+    kept before it, going down the predicted IoU; empty masks are dropped too.
+
+    Box NMS keeps a part of an object beside the whole (their boxes differ), and one
+    object's mask beside a mask of it and its neighbours. A label image painted from such
+    masks (smaller on top) splits the larger into pieces, each a false positive of an
+    instance metric. Taking masks best first and dropping those that are mostly covered
+    keeps one mask per object, the one the IoU head scores best. The kept rows stay in the
+    order of decreasing predicted IoU.
+    """
+    if not 0.0 <= covered_thresh <= 1.0:
+        raise ValueError(f"covered_thresh must be in [0, 1], got {covered_thresh}")
+    if len(kept) == 0:
+        return kept
+    order = torch.argsort(kept.iou_preds, descending=True, stable=True)
+    masks = rles_to_masks([kept.rles[i] for i in order.tolist()])
+    masks = masks.reshape(len(masks), -1)
+    covered = np.zeros(masks.shape[1], dtype=bool)
+    picks = []
+    for row, mask in enumerate(masks):
+        area = int(np.count_nonzero(mask))
+        if area == 0 or np.count_nonzero(mask & covered) > covered_thresh * area:
+            continue
+        picks.append(row)
+        covered |= mask
+    return kept.subset(order[torch.tensor(picks, dtype=torch.long)])
 
 
 def clean_small_regions(kept: MaskCandidates, min_area: int, nms_thresh: float) -> MaskCandidates:

@@ -16,7 +16,7 @@ For every image under `input` it writes
 
 where <image> is the image's path under `input` without its extension. Thresholds left null
 come from the checkpoint's export sidecar (`automatic_thresholds`, written by `samft eval
-mode=instance`), else are Meta's defaults (0.88 / 0.95).
+mode=instance`), else are Meta's defaults (0.88 / 0.95; `covered_thresh` 1: no suppression).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from samft.weights import load_sam
 from samft.weights.known import resolve_checkpoint
 from samft.weights.thresholds import (
     META_DEFAULTS,
+    OPTIONAL_KEYS,
     THRESHOLD_KEYS,
     check_thresholds,
     sidecar_thresholds,
@@ -51,30 +52,36 @@ from samft.weights.thresholds import (
 log = logging.getLogger(__name__)
 
 MAX_LABEL = np.iinfo(np.uint16).max  # labels.png is 16-bit
+SETTING_KEYS = (*THRESHOLD_KEYS, *OPTIONAL_KEYS)  # what resolve_thresholds resolves
 
 
 def resolve_thresholds(
     checkpoint: str | Path,
     pred_iou_thresh: float | None = None,
     stability_score_thresh: float | None = None,
+    covered_thresh: float | None = None,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """(thresholds, where each came from): a given value, else the checkpoint's sidecar
-    (`automatic_thresholds`), else Meta's default."""
-    given = {"pred_iou_thresh": pred_iou_thresh, "stability_score_thresh": stability_score_thresh}
+    (`automatic_thresholds`), else Meta's default (1.0: no covered-mask suppression)."""
+    given = {
+        "pred_iou_thresh": pred_iou_thresh,
+        "stability_score_thresh": stability_score_thresh,
+        "covered_thresh": covered_thresh,
+    }
     stored, sidecar = (None, None)
     if any(value is None for value in given.values()):
         stored, sidecar = sidecar_thresholds(checkpoint)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for key in THRESHOLD_KEYS:
+    for key in SETTING_KEYS:
         if given[key] is not None:
             values[key], sources[key] = given[key], "given"
-        elif stored is not None:
+        elif stored is not None and stored.get(key) is not None:
             values[key], sources[key] = stored[key], f"sidecar {sidecar}"
         else:
             values[key], sources[key] = META_DEFAULTS[key], "Meta's default"
     checked = check_thresholds(values, "thresholds")
-    return {key: checked[key] for key in THRESHOLD_KEYS}, sources
+    return {key: checked[key] for key in SETTING_KEYS}, sources
 
 
 def image_jobs(input_path: str | Path) -> list[tuple[Path, str]]:
@@ -128,6 +135,7 @@ def segment(
     stability_score_thresh: float | None = None,
     stability_score_offset: float = 1.0,
     box_nms_thresh: float = 0.7,
+    covered_thresh: float | None = None,
     crop_n_layers: int = 0,
     crop_n_points_downscale_factor: int = 1,
     min_mask_region_area: int = 0,
@@ -142,12 +150,14 @@ def segment(
     Returns the content of `segments.json`.
     """
     images = image_jobs(input)
-    thresholds, sources = resolve_thresholds(checkpoint, pred_iou_thresh, stability_score_thresh)
+    thresholds, sources = resolve_thresholds(
+        checkpoint, pred_iou_thresh, stability_score_thresh, covered_thresh
+    )
     out_dir = prepare_output_dir(output, f"output={output}")
     checkpoint_path = resolve_checkpoint(checkpoint)
     log.info(
         "thresholds: %s",
-        ", ".join(f"{key}={thresholds[key]} ({sources[key]})" for key in THRESHOLD_KEYS),
+        ", ".join(f"{key}={thresholds[key]} ({sources[key]})" for key in SETTING_KEYS),
     )
 
     sam = load_sam(checkpoint_path, variant=variant, image_size=image_size)

@@ -2,8 +2,8 @@
 
 One image-encoder pass per image, then every prompt of the batch goes through the prompt
 encoder and the mask decoder in one batched call (`samft.model.batched`). Optional
-correction rounds follow the SAM paper: a click sampled from the error region of the best
-mask, with the previous low-res logits fed back as the mask prompt.
+correction rounds follow the SAM paper (`samft.train.rounds`): a click sampled from the
+error region of the best mask, with the previous low-res logits fed back as the mask prompt.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from samft.model.prompts import Prompts
 from samft.model.registry import build_sam
 from samft.model.sam import Sam
 from samft.train.automatic_loss import automatic_point_loss
-from samft.train.clicks import sample_correction_points
 from samft.train.config import (
     FinetuneConfig,
     InteractiveConfig,
@@ -33,6 +32,7 @@ from samft.train.config import (
 from samft.train.losses import SamLoss
 from samft.train.metrics import PromptedSegmentationMetrics
 from samft.train.optim import OptimConfig, build_optimizer
+from samft.train.rounds import next_round_prompts, round_plan
 from samft.weights import load_sam
 
 
@@ -127,26 +127,6 @@ class SamFineTuner(L.LightningModule):
             return batch.embeddings.to(self.model.pixel_mean.dtype)
         return self.encode_images(batch.images)
 
-    def next_prompts(
-        self,
-        prompts: Prompts,
-        best_low_res: Tensor,
-        pred: Tensor | None,
-        gt: Tensor,
-        valid: Tensor,
-        click_mode: str = "random",
-    ) -> Prompts:
-        """The prompts of the next round: the chosen low-res mask (P x s x s) fed back as
-        the mask prompt and, given the thresholded prediction, one correction click from
-        its error region appended."""
-        coords, labels = prompts.coords, prompts.labels
-        if pred is not None:
-            new_coords, new_labels = sample_correction_points(pred, gt, valid, mode=click_mode)
-            coords = torch.cat([coords, new_coords.to(coords.dtype)], dim=1)
-            labels = torch.cat([labels, new_labels.to(labels.dtype)], dim=1)
-        has_mask = torch.ones_like(prompts.has_mask_input)
-        return Prompts(coords, labels, best_low_res[:, None], has_mask)
-
     def valid_region(self, batch: SamBatch) -> Tensor:
         """P x S x S, True inside each object's image (False on the padding)."""
         sizes = batch.input_sizes[batch.object_image_index]  # P x 2 (h, w)
@@ -163,23 +143,9 @@ class SamFineTuner(L.LightningModule):
 
     # ---------------------------------------------------------------- training
     def trained_rounds(self, batch_idx: int) -> tuple[int, set[int]]:
-        """How many rounds this step runs (the first prompt, then correction, then
-        mask-only rounds) and which of them have their loss trained. `first_and_sampled`
-        draws the last round from a generator seeded by the step, so DDP ranks agree."""
-        cfg = self.interactive_config
-        num_rounds = 1 + cfg.correction_rounds + cfg.mask_only_rounds
-        if cfg.loss_rounds == "first_and_sampled" and num_rounds > 1:
-            step = self.global_step if self._trainer is not None else batch_idx
-            generator = torch.Generator().manual_seed(step)
-            last = 1 + int(torch.randint(num_rounds - 1, (1,), generator=generator))
-            return last + 1, {0, last}
-        counted = {
-            "all": range(num_rounds),
-            "first": [0],
-            "last": [num_rounds - 1],
-            "first_and_sampled": [0],
-        }
-        return num_rounds, set(counted[cfg.loss_rounds])
+        """This step's rounds and the trained ones (`samft.train.rounds.round_plan`)."""
+        step = self.global_step if self._trainer is not None else batch_idx
+        return round_plan(self.interactive_config, step)
 
     def decode_round(
         self, embeddings: Tensor, batch: SamBatch, prompts: Prompts, round_index: int
@@ -219,7 +185,7 @@ class SamFineTuner(L.LightningModule):
             pred = None
             if round_index < cfg.correction_rounds:
                 pred = logits[rows, best].detach() > self.model.mask_threshold
-            prompts = self.next_prompts(
+            prompts = next_round_prompts(
                 prompts, out.low_res[rows, best].detach(), pred, gt, valid, cfg.click_mode
             )
         automatic = batch.automatic
@@ -286,7 +252,9 @@ class SamFineTuner(L.LightningModule):
                 )
             if click == max_clicks:
                 break
-            prompts = self.next_prompts(prompts, out.low_res[rows, best], pred, gt, valid, "center")
+            prompts = next_round_prompts(
+                prompts, out.low_res[rows, best], pred, gt, valid, "center"
+            )
         return first
 
     def on_validation_epoch_end(self) -> None:

@@ -1,9 +1,10 @@
 """The automatic mask generator's thresholds kept in an export's sidecar.
 
 `samft eval mode=instance` chooses `pred_iou_thresh` and `stability_score_thresh` on a
-dataset; `export_checkpoint(..., automatic_thresholds=...)` or `eval`'s
-`instance.write_thresholds_to=` stores them in the sidecar `<stem>.json` under
-`automatic_thresholds`, and `samft segment` reads them back for that checkpoint.
+dataset (and records the `covered_thresh` they were chosen with);
+`export_checkpoint(..., automatic_thresholds=...)` or `eval`'s `instance.write_thresholds_to=`
+stores them in the sidecar `<stem>.json` under `automatic_thresholds`, and `samft segment`
+reads them back for that checkpoint.
 """
 
 from __future__ import annotations
@@ -19,19 +20,23 @@ from samft.weights.lightning import SIDECAR_FORMAT
 
 SIDECAR_KEY = "automatic_thresholds"
 THRESHOLD_KEYS = ("pred_iou_thresh", "stability_score_thresh")
-# the defaults of Meta's SamAutomaticMaskGenerator
-META_DEFAULTS = {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}
+# may be absent from a sidecar (written before it existed, or never used): the default then
+OPTIONAL_KEYS = ("covered_thresh",)
+# the defaults of Meta's SamAutomaticMaskGenerator (which has no covered-mask suppression)
+META_DEFAULTS = {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "covered_thresh": 1.0}
 
 
 def check_thresholds(values: Any, where: str) -> dict[str, Any]:
-    """`values` with both thresholds as floats in [0, 1]; other keys (where they were
-    chosen, the score) are kept. A ValueError names `where` otherwise."""
+    """`values` with both thresholds (and `covered_thresh`, when present) as floats in
+    [0, 1]; other keys (where they were chosen, the score) are kept. A ValueError names
+    `where` otherwise."""
     if not isinstance(values, Mapping):
         raise ValueError(
             f"{where}: expected a mapping with {' and '.join(THRESHOLD_KEYS)}, got {values!r}"
         )
     checked = dict(values)
-    for key in THRESHOLD_KEYS:
+    present = [key for key in OPTIONAL_KEYS if values.get(key) is not None]
+    for key in (*THRESHOLD_KEYS, *present):
         value = values.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where}.{key} = {value!r}; expected a number in [0, 1]")

@@ -118,6 +118,20 @@ def test_thresholds_come_from_the_sidecar(weights, photos, tmp_path):
     assert report["settings"]["pred_iou_thresh"] == 0.01
     assert report["settings"]["stability_score_thresh"] == 0.02
     assert report["thresholds_source"]["pred_iou_thresh"] == f"sidecar {written['sidecar']}"
+    assert report["settings"]["covered_thresh"] == 1.0  # not in that sidecar: Meta's (off)
+    assert report["thresholds_source"]["covered_thresh"] == "Meta's default"
+
+    suppressing = export_checkpoint(
+        weights, tmp_path / "exports" / "one_per_object", format="pth",
+        automatic_thresholds={**chosen, "covered_thresh": 0.5},
+    )  # fmt: skip
+    report = segment(suppressing["pth"], image, tmp_path / "out4", points_per_side=2)
+    assert report["settings"]["covered_thresh"] == 0.5
+    with pytest.raises(ValueError, match="covered_thresh = 2"):
+        export_checkpoint(
+            weights, tmp_path / "exports" / "bad", format="pth",
+            automatic_thresholds={**chosen, "covered_thresh": 2},
+        )  # fmt: skip
 
     report = segment(written["pth"], image, tmp_path / "out2", 2, pred_iou_thresh=0.3)
     assert report["settings"]["pred_iou_thresh"] == 0.3
@@ -126,6 +140,7 @@ def test_thresholds_come_from_the_sidecar(weights, photos, tmp_path):
     report = segment(weights, image, tmp_path / "out3", points_per_side=2)  # no sidecar
     assert report["settings"]["pred_iou_thresh"] == 0.88
     assert report["settings"]["stability_score_thresh"] == 0.95
+    assert report["settings"]["covered_thresh"] == 1.0
     assert set(report["thresholds_source"].values()) == {"Meta's default"}
 
 

@@ -119,8 +119,10 @@ def test_instance_eval_equals_the_metrics_by_hand(cli, split, tmp_path, monkeypa
     # the chosen thresholds went into the export's sidecar, where `segment` finds them
     sidecar = json.loads(exported["sidecar"].read_text())["automatic_thresholds"]
     assert (sidecar["pred_iou_thresh"], sidecar["stability_score_thresh"]) == best
+    assert sidecar["covered_thresh"] == 1.0  # chosen without covered-mask suppression
     values, sources = resolve_thresholds(exported["pth"])
     assert (values["pred_iou_thresh"], values["stability_score_thresh"]) == best
+    assert values["covered_thresh"] == 1.0
     assert sources["pred_iou_thresh"] == f"sidecar {exported['sidecar']}"
 
 

@@ -219,6 +219,41 @@ def test_select_equals_generate_with_those_thresholds(models, image, candidates,
         generator.select(stricter, 0.1, 0.0)
 
 
+def test_covered_thresh_keeps_one_mask_per_object(candidates):
+    """On LiteMedSAM's answers: with covered_thresh 0.5 every kept mask is at most half
+    covered by the better-scored kept ones, and every mask Meta's selection has and this
+    one lacks is more than half covered by them."""
+    generator, proposed = candidates
+    meta = generator.select(proposed, 0.0, 0.0)
+    generator.covered_thresh = 0.5
+    try:
+        kept = generator.select(proposed, 0.0, 0.0)
+    finally:
+        generator.covered_thresh = 1.0
+    assert 0 < len(kept) < len(meta)
+    scores = [r["predicted_iou"] for r in kept]
+    assert scores == sorted(scores, reverse=True)
+    covered = np.zeros(image_shape := kept[0]["segmentation"].shape, dtype=bool)
+    for record in kept:
+        mask = record["segmentation"]
+        assert (mask & covered).sum() <= 0.5 * mask.sum()
+        covered |= mask
+    kept_ids = {(r["area"], r["predicted_iou"], tuple(r["point_coords"][0])) for r in kept}
+    dropped = [
+        r
+        for r in meta
+        if (r["area"], r["predicted_iou"], tuple(r["point_coords"][0])) not in kept_ids
+    ]
+    assert len(dropped) == len(meta) - len(kept)
+    for record in dropped:
+        better = np.zeros(image_shape, dtype=bool)
+        for other in kept:
+            if other["predicted_iou"] >= record["predicted_iou"]:
+                better |= other["segmentation"]
+        mask = record["segmentation"]
+        assert mask.sum() == 0 or (mask & better).sum() > 0.5 * mask.sum()
+
+
 def test_output_modes_hold_the_same_masks(models, candidates, image):
     generator, proposed = candidates
     records = {}
