@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from samft.infer.mask_ops import batched_nms, mask_boxes, remove_small_regions
-from samft.infer.rle import Rle, masks_to_rle, rle_to_coco, rles_to_masks
+from samft.infer.rle import Rle, masks_to_rle, rle_to_coco, rle_to_mask, rles_to_masks
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -129,18 +129,19 @@ def suppress_covered(kept: MaskCandidates, covered_thresh: float) -> MaskCandida
         raise ValueError(f"covered_thresh must be in [0, 1], got {covered_thresh}")
     if len(kept) == 0:
         return kept
-    order = torch.argsort(kept.iou_preds, descending=True, stable=True)
-    masks = rles_to_masks([kept.rles[i] for i in order.tolist()])
-    masks = masks.reshape(len(masks), -1)
-    covered = np.zeros(masks.shape[1], dtype=bool)
+    order = torch.argsort(kept.iou_preds, descending=True, stable=True).tolist()
+    covered = np.zeros(kept.image_size, dtype=bool)
     picks = []
-    for row, mask in enumerate(masks):
-        area = int(np.count_nonzero(mask))
-        if area == 0 or np.count_nonzero(mask & covered) > covered_thresh * area:
+    for index in order:  # one mask decoded at a time: memory stays one image, not K
+        area = int(kept.areas[index])
+        if area == 0:
             continue
-        picks.append(row)
+        mask = rle_to_mask(kept.rles[index])
+        if np.count_nonzero(mask & covered) > covered_thresh * area:
+            continue
+        picks.append(index)
         covered |= mask
-    return kept.subset(order[torch.tensor(picks, dtype=torch.long)])
+    return kept.subset(torch.tensor(picks, dtype=torch.long))
 
 
 def clean_small_regions(kept: MaskCandidates, min_area: int, nms_thresh: float) -> MaskCandidates:
