@@ -37,6 +37,7 @@ def main(cfg: DictConfig) -> None:
         box_nms_thresh=cfg.box_nms_thresh,
         covered_thresh=cfg.covered_thresh,
         crop_n_layers=cfg.crop_n_layers,
+        crop_overlap_ratio=cfg.crop_overlap_ratio,
         crop_n_points_downscale_factor=cfg.crop_n_points_downscale_factor,
         min_mask_region_area=cfg.min_mask_region_area,
         variant=cfg.variant,

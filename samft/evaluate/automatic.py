@@ -87,6 +87,8 @@ def evaluate_automatic(
     points_per_side: int = 32,
     points_per_batch: int = 64,
     crop_n_layers: int = 0,
+    crop_overlap_ratio: float = 512 / 1500,
+    crop_n_points_downscale_factor: int = 1,
     pred_iou_threshs: Sequence[float] | None = None,
     stability_score_threshs: Sequence[float] | None = None,
     criterion: str = "mSA",
@@ -100,7 +102,8 @@ def evaluate_automatic(
     """Search the thresholds on the split and score the best cell (see the module
     docstring for the metrics). `pred_iou_threshs` / `stability_score_threshs`: the grid
     (None: micro-sam's values; one value fixes that threshold). `covered_thresh` < 1 drops
-    masks mostly covered by better ones in every cell (`AutomaticMaskGenerator`)."""
+    masks mostly covered by better ones in every cell; it and the crop settings are
+    `AutomaticMaskGenerator`'s."""
     if criterion not in CRITERIA:
         raise ValueError(f"instance.criterion={criterion!r}; expected one of {list(CRITERIA)}")
     cells = search_cells(pred_iou_threshs, stability_score_threshs)
@@ -120,6 +123,8 @@ def evaluate_automatic(
         pred_iou_thresh=lowest[0],
         stability_score_thresh=lowest[1],
         crop_n_layers=crop_n_layers,
+        crop_overlap_ratio=crop_overlap_ratio,
+        crop_n_points_downscale_factor=crop_n_points_downscale_factor,
         output_mode="uncompressed_rle",
         covered_thresh=covered_thresh,
     )

@@ -137,6 +137,7 @@ def segment(
     box_nms_thresh: float = 0.7,
     covered_thresh: float | None = None,
     crop_n_layers: int = 0,
+    crop_overlap_ratio: float = 512 / 1500,
     crop_n_points_downscale_factor: int = 1,
     min_mask_region_area: int = 0,
     variant: str | None = None,
@@ -169,6 +170,7 @@ def segment(
         "stability_score_offset": stability_score_offset,
         "box_nms_thresh": box_nms_thresh,
         "crop_n_layers": crop_n_layers,
+        "crop_overlap_ratio": crop_overlap_ratio,
         "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
         "min_mask_region_area": min_mask_region_area,
     }

@@ -16,6 +16,7 @@ from typing import Any
 
 ENCODER_MODES = ("frozen", "lora", "full")
 CLICK_MODES = ("random", "center")
+FEEDBACK_MASKS = ("predicted", "lowest_loss")
 LOSS_ROUNDS = ("all", "first", "last", "first_and_sampled")
 
 
@@ -56,14 +57,18 @@ class InteractiveConfig:
     single-mask output, as the SAM paper trains and as users call the predictor; `true` or
     `false` force one kind. Later rounds always use the single-mask output.
 
-    `correction_rounds` add one click each from the error region of the best mask, where
-    `click_mode` says (`random` pixel or `center`: farthest from the region's border);
-    `mask_only_rounds` then feed back the previous mask with no new point (the paper uses
-    8 and 2). `loss_rounds` says which rounds' losses are trained: `all`, `first`, `last`,
-    or `first_and_sampled`: each step stops after a number of later rounds drawn uniformly
-    from 1 to all of them and trains the first and that last round, so every click count is
-    trained at the cost of two backward passes (rounds whose loss is not trained run without
-    gradients in every mode).
+    `feedback_mask` says which of the multimask outputs a later round builds on (its low-res
+    logits fed back, its error region clicked): `predicted`, the one the IoU head scores
+    highest, as the SAM paper trains and as inference and validation choose, or
+    `lowest_loss`, the one the loss trains (an oracle that never shows the model its IoU
+    head's wrong picks). `correction_rounds` add one click each from the error region of
+    that mask, where `click_mode` says (`random` pixel or `center`: farthest from the
+    region's border); `mask_only_rounds` then feed back the previous mask with no new point
+    (the paper uses 8 and 2). `loss_rounds` says which rounds' losses are trained: `all`,
+    `first`, `last`, or `first_and_sampled`: each step stops after a number of later rounds
+    drawn uniformly from 1 to all of them and trains the first and that last round, so every
+    click count is trained at the cost of two backward passes (rounds whose loss is not
+    trained run without gradients in every mode).
     Validation simulates `max(val_clicks)` centre clicks and reports each listed count.
     """
 
@@ -71,12 +76,14 @@ class InteractiveConfig:
     correction_rounds: int = 0
     mask_only_rounds: int = 0
     click_mode: str = "random"
+    feedback_mask: str = "predicted"
     loss_rounds: str = "all"
     val_clicks: list[int] = field(default_factory=lambda: [1, 3, 5])
 
     def __post_init__(self) -> None:
         _one_of("interactive.loss_rounds", self.loss_rounds, LOSS_ROUNDS)
         _one_of("interactive.click_mode", self.click_mode, CLICK_MODES)
+        _one_of("interactive.feedback_mask", self.feedback_mask, FEEDBACK_MASKS)
         _one_of("interactive.multimask_output", self.multimask_output, (True, False, "auto"))
         if self.correction_rounds < 0 or self.mask_only_rounds < 0:
             raise ValueError("interactive rounds must be >= 0")

@@ -159,6 +159,13 @@ class SamFineTuner(L.LightningModule):
         )
         return out, batched.upscale(self.model, out.low_res)
 
+    def feedback_index(self, out: batched.DecoderOutput, lowest_loss: Tensor) -> Tensor:
+        """P: the output each object's next round builds on (`interactive.feedback_mask`):
+        the answering mask the IoU head scores highest, or the lowest-loss one."""
+        if self.interactive_config.feedback_mask == "lowest_loss":
+            return lowest_loss
+        return out.iou_pred.detach().masked_fill(~out.answering, float("-inf")).argmax(dim=1)
+
     def training_step(self, batch: SamBatch, batch_idx: int) -> Tensor:
         cfg = self.interactive_config
         embeddings = self.batch_embeddings(batch)
@@ -181,7 +188,7 @@ class SamFineTuner(L.LightningModule):
                     totals[key] = totals.get(key, 0.0) + getattr(loss, key) / len(counted)
             if round_index == num_rounds - 1:
                 break
-            best = loss.best_index
+            best = self.feedback_index(out, loss.best_index)
             pred = None
             if round_index < cfg.correction_rounds:
                 pred = logits[rows, best].detach() > self.model.mask_threshold

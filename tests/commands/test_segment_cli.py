@@ -80,6 +80,32 @@ def test_the_documented_command_line(weights, photos, tmp_path):
         assert areas == sorted(areas, reverse=True)
 
 
+def test_crop_settings_reach_the_generator(weights, photos, tmp_path, monkeypatch):
+    """`crop_n_layers` and `crop_overlap_ratio` set the generator's crops (the image's
+    crop boxes are made with them) and are reported; every mask's crop is one of them."""
+    from samft.infer import automatic
+
+    asked = []
+
+    def spy_crop_boxes(image_size, n_layers, overlap_ratio):
+        asked.append((n_layers, overlap_ratio))
+        return crop_boxes(image_size, n_layers, overlap_ratio)
+
+    crop_boxes = automatic.crop_boxes
+    monkeypatch.setattr(automatic, "crop_boxes", spy_crop_boxes)
+    report = segment(
+        weights, photos / "a.png", tmp_path / "out", points_per_side=4, pred_iou_thresh=0.0,
+        stability_score_thresh=0.0, crop_n_layers=1, crop_overlap_ratio=0.2, overlay=False,
+    )  # fmt: skip
+    assert asked == [(1, 0.2)]
+    assert report["settings"]["crop_overlap_ratio"] == 0.2
+    entry = report["images"][0]
+    boxes, _ = crop_boxes((entry["height"], entry["width"]), 1, 0.2)
+    allowed = {(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in boxes}
+    masks = json.loads((tmp_path / "out" / entry["masks"]).read_text())["masks"]
+    assert masks and {tuple(m["crop_box"]) for m in masks} <= allowed
+
+
 def test_label_ids_by_hand():
     """Painted largest first, each smaller one over them: `big` gets 1, `covered` (inside
     `big`, larger than the `small` masks) comes next, but `small_a` and `small_b` cover all

@@ -244,9 +244,55 @@ def test_first_and_sampled_trains_the_first_and_a_drawn_last_round(ct_organs, mo
     torch.testing.assert_close(total.detach(), (losses[0] + losses[3]).detach() / 2)
 
 
+@pytest.mark.parametrize("feedback_mask", ["predicted", "lowest_loss"])
+def test_next_round_builds_on_the_chosen_multimask_output(ct_organs, feedback_mask, monkeypatch):
+    """Single points answer with three masks; the next round is fed the low-res logits of
+    the one the IoU head scores highest (`predicted`, the SAM paper's choice) or of the
+    lowest-loss one (`lowest_loss`), whichever `interactive.feedback_mask` says."""
+    torch.manual_seed(0)
+    module = SamFineTuner(
+        model={"variant": "tiny"},
+        interactive={"correction_rounds": 1, "feedback_mask": feedback_mask},
+    )
+    single_points = PromptSampler(point_prob=1.0, box_prob=0.0, num_points=(1, 1))
+    dm = _datamodule(ct_organs, prompts=single_points)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    outputs, chosen = [], []
+    decode = batched.decode
+
+    def spy_decode(sam, embeddings, image_index, prompts, multimask_output):
+        out = decode(sam, embeddings, image_index, prompts, multimask_output)
+        outputs.append((prompts, out))
+        return out
+
+    loss_fn = module.loss_fn.forward
+
+    def spy_loss(*args, **kwargs):
+        out = loss_fn(*args, **kwargs)
+        chosen.append(out.best_index)
+        return out
+
+    monkeypatch.setattr(batched, "decode", spy_decode)
+    monkeypatch.setattr(module.loss_fn, "forward", spy_loss)
+    module.training_step(batch, 0)
+
+    first = outputs[0][1]
+    assert first.answering[:, 1:].all() and not first.answering[:, 0].any()
+    predicted = first.iou_pred.masked_fill(~first.answering, float("-inf")).argmax(dim=1)
+    lowest_loss = chosen[0]
+    assert (predicted != lowest_loss).any()  # the two choices differ for this batch
+    expected = predicted if feedback_mask == "predicted" else lowest_loss
+    rows = torch.arange(len(expected))
+    fed_back = outputs[1][0].mask_inputs[:, 0]
+    torch.testing.assert_close(fed_back, first.low_res[rows, expected].detach())
+
+
 def test_click_mode_typo_is_refused_at_start():
     with pytest.raises(ValueError, match="interactive.click_mode must be one of"):
         SamFineTuner(model={"variant": "tiny"}, interactive={"click_mode": "centre"})
+    with pytest.raises(ValueError, match="interactive.feedback_mask must be one of"):
+        SamFineTuner(model={"variant": "tiny"}, interactive={"feedback_mask": "oracle"})
     with pytest.raises(ValueError, match=r"loss.focal_weight='abc': expected float"):
         SamFineTuner(model={"variant": "tiny"}, loss={"focal_weight": "abc"})
 
