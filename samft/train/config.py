@@ -58,17 +58,18 @@ class InteractiveConfig:
     `false` force one kind. Later rounds always use the single-mask output.
 
     `feedback_mask` says which of the multimask outputs a later round builds on (its low-res
-    logits fed back, its error region clicked): `predicted`, the one the IoU head scores
-    highest, as the SAM paper trains and as inference and validation choose, or
-    `lowest_loss`, the one the loss trains (an oracle that never shows the model its IoU
-    head's wrong picks). `correction_rounds` add one click each from the error region of
-    that mask, where `click_mode` says (`random` pixel or `center`: farthest from the
-    region's border); `mask_only_rounds` then feed back the previous mask with no new point
-    (the paper uses 8 and 2). `loss_rounds` says which rounds' losses are trained: `all`,
-    `first`, `last`, or `first_and_sampled`: each step stops after a number of later rounds
-    drawn uniformly from 1 to all of them and trains the first and that last round, so every
-    click count is trained at the cost of two backward passes (rounds whose loss is not
-    trained run without gradients in every mode).
+    logits fed back, its error region clicked): `lowest_loss`, the one the loss trains (the
+    default; the recipes were measured with it), or `predicted`, the one the IoU head scores
+    highest, as the SAM paper describes and as inference and validation choose (so training
+    also sees the clicks that correct the head's wrong picks; docs/results.md, run I).
+    `correction_rounds` add one click each from the error region of that mask, where
+    `click_mode` says (`random` pixel or `center`: farthest from the region's border);
+    `mask_only_rounds` then feed back the previous mask with no new point (the paper uses 8
+    and 2). `loss_rounds` says which rounds' losses are trained: `all`, `first`, `last`, or
+    `first_and_sampled`: each step stops after a number of later rounds drawn uniformly from
+    1 to all of them and trains the first and that last round, so every click count is
+    trained at the cost of two backward passes (rounds whose loss is not trained run without
+    gradients in every mode).
     Validation simulates `max(val_clicks)` centre clicks and reports each listed count.
     """
 
@@ -76,7 +77,7 @@ class InteractiveConfig:
     correction_rounds: int = 0
     mask_only_rounds: int = 0
     click_mode: str = "random"
-    feedback_mask: str = "predicted"
+    feedback_mask: str = "lowest_loss"
     loss_rounds: str = "all"
     val_clicks: list[int] = field(default_factory=lambda: [1, 3, 5])
 
