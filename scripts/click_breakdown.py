@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="COCO split folder root")
     parser.add_argument("--split", default="val")
     parser.add_argument("--clicks", type=int, default=3)
+    parser.add_argument("--max-images", type=int, default=None, help="only the first N")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default="click_breakdown.json")
     args = parser.parse_args()
@@ -103,7 +104,7 @@ def main() -> None:
     }
     summary = describe_checkpoint(args.checkpoint, None)
     dataset = build_evaluation_dataset(
-        spec, summary.image_size, build_samplers(PROTOCOL), seed=0,
+        spec, summary.image_size, build_samplers(PROTOCOL), seed=0, max_images=args.max_images,
         resize_interpolation=get_hyper_params(summary.variant).resize_interpolation,
     )  # fmt: skip
     module = SamFineTuner(
