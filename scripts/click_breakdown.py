@@ -31,6 +31,7 @@ from samft.evaluate.report import describe_checkpoint
 from samft.model import batched
 from samft.model.prompts import PROMPT_BOX, PROMPT_ONE_POINT, Prompts
 from samft.model.registry import get_hyper_params
+from samft.train.losses import mask_iou
 from samft.train.module import SamFineTuner
 from samft.train.rounds import next_round_prompts
 
@@ -47,13 +48,6 @@ VARIANTS = ("protocol", "no_mask", "oracle")
 SIZE_BINS = ((0, 70), (70, 150), (150, 500), (500, None))  # object area, input-frame pixels
 
 
-def masked_iou(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """P: IoU of P x S x S bool masks inside `valid`."""
-    inter = (pred & gt & valid).flatten(1).sum(1).float()
-    union = ((pred | gt) & valid).flatten(1).sum(1).clamp(min=1).float()
-    return inter / union
-
-
 def click_rounds(module: SamFineTuner, batch, embeddings, variant: str, clicks: int):
     """P x (clicks + 1) IoU of each round's answer for one variant."""
     sam, gt = module.model, batch.gt_masks
@@ -64,15 +58,13 @@ def click_rounds(module: SamFineTuner, batch, embeddings, variant: str, clicks: 
         multimask = "auto" if click == 0 else variant == "oracle"
         out = batched.decode(sam, embeddings, batch.object_image_index, prompts, multimask)
         logits = batched.upscale(sam, out.low_res)
+        each = mask_iou(logits, gt, valid)  # P x 4, every output
         if variant == "oracle":
-            each = torch.stack(
-                [masked_iou(logits[:, k] > 0, gt, valid) for k in range(logits.shape[1])], 1
-            )
             best = each.masked_fill(~out.answering, -1.0).argmax(dim=1)
         else:
-            best = out.iou_pred.masked_fill(~out.answering, float("-inf")).argmax(dim=1)
+            best = out.predicted_best()
         pred = logits[rows, best] > sam.mask_threshold
-        ious.append(masked_iou(pred, gt, valid))
+        ious.append(each[rows, best])
         if click == clicks:
             break
         prompts = next_round_prompts(prompts, out.low_res[rows, best], pred, gt, valid, "center")

@@ -41,7 +41,7 @@ from samft.evaluate.threshold_search import (
     cell_scores,
     search_cells,
 )
-from samft.infer.automatic import AutomaticMaskGenerator
+from samft.infer.automatic import CROP_OVERLAP_RATIO, AutomaticMaskGenerator
 from samft.infer.record_masks import records_to_labels, segmentation_mask
 from samft.model.device import resolve_device
 from samft.weights import load_sam
@@ -87,7 +87,7 @@ def evaluate_automatic(
     points_per_side: int = 32,
     points_per_batch: int = 64,
     crop_n_layers: int = 0,
-    crop_overlap_ratio: float = 512 / 1500,
+    crop_overlap_ratio: float = CROP_OVERLAP_RATIO,
     crop_n_points_downscale_factor: int = 1,
     pred_iou_threshs: Sequence[float] | None = None,
     stability_score_threshs: Sequence[float] | None = None,

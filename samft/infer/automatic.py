@@ -63,6 +63,7 @@ from samft.model.transformer import PreparedImage
 # (4 MiB per point), one thread, 144 points, besides the encoder: 49-52 ms per point at 6
 # points per call, 58 at 3, 76-82 at 8-16 (their tokens are mapped afresh).
 CPU_CALL_BYTES = 24 * 2**20
+CROP_OVERLAP_RATIO = 512 / 1500  # the official generator's default crop overlap
 
 
 class AutomaticMaskGenerator:
@@ -104,7 +105,7 @@ class AutomaticMaskGenerator:
         box_nms_thresh: float = 0.7,
         crop_n_layers: int = 0,
         crop_nms_thresh: float = 0.7,
-        crop_overlap_ratio: float = 512 / 1500,
+        crop_overlap_ratio: float = CROP_OVERLAP_RATIO,
         crop_n_points_downscale_factor: int = 1,
         point_grids: Sequence[np.ndarray] | None = None,
         min_mask_region_area: int = 0,

@@ -33,7 +33,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from samft.data.errors import DataError
 from samft.data.images import read_rgb
-from samft.infer.automatic import AutomaticMaskGenerator
+from samft.infer.automatic import CROP_OVERLAP_RATIO, AutomaticMaskGenerator
 from samft.infer.instance_overlay import draw_instances
 from samft.infer.predict import list_images
 from samft.infer.record_masks import records_to_labels, segmentation_mask
@@ -137,7 +137,7 @@ def segment(
     box_nms_thresh: float = 0.7,
     covered_thresh: float | None = None,
     crop_n_layers: int = 0,
-    crop_overlap_ratio: float = 512 / 1500,
+    crop_overlap_ratio: float = CROP_OVERLAP_RATIO,
     crop_n_points_downscale_factor: int = 1,
     min_mask_region_area: int = 0,
     variant: str | None = None,

@@ -38,6 +38,11 @@ class DecoderOutput(NamedTuple):
     iou_pred: Tensor
     answering: Tensor
 
+    def predicted_best(self) -> Tensor:
+        """P long: the answering output the IoU head scores highest (what inference keeps)."""
+        scores = self.iou_pred.detach().masked_fill(~self.answering, float("-inf"))
+        return scores.argmax(dim=1)
+
 
 def encode_images(sam: Sam, images: list[Tensor]) -> Tensor:
     """B images (uint8 3 x h_i x w_i, input frame, not padded) -> B x C x h' x w'.

@@ -164,7 +164,7 @@ class SamFineTuner(L.LightningModule):
         the answering mask the IoU head scores highest, or the lowest-loss one."""
         if self.interactive_config.feedback_mask == "lowest_loss":
             return lowest_loss
-        return out.iou_pred.detach().masked_fill(~out.answering, float("-inf")).argmax(dim=1)
+        return out.predicted_best()
 
     def training_step(self, batch: SamBatch, batch_idx: int) -> Tensor:
         cfg = self.interactive_config
@@ -240,7 +240,7 @@ class SamFineTuner(L.LightningModule):
         max_clicks = max(cfg.val_clicks, default=0)
         for click in range(max_clicks + 1):
             out, logits = self.decode_round(embeddings, batch, prompts, click)
-            best = out.iou_pred.masked_fill(~out.answering, float("-inf")).argmax(dim=1)
+            best = out.predicted_best()
             pred = logits[rows, best] > self.model.mask_threshold
             if click == 0:
                 loss = self.loss_fn(
