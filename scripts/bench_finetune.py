@@ -10,6 +10,9 @@ on dsb-nuclei/val and on ct-organs (a CT domain LiteMedSAM was trained on: forge
     automatic  the decoder recipe plus points anywhere on the image for automatic mode
     lora       LoRA on the encoder's attention + decoder (encoder runs every step)
     full       everything trained
+    clicks     the second stage on top of a LoRA run (`--base`, default this --work's lora
+               run): its encoder frozen and cached, the decoder trained on 4 centre
+               correction clicks a prompt
 
 Every model sees the same deterministic prompts (`PROTOCOL`): one centre point (the object
 pixel farthest from its border, the best of the 3 multimask outputs by predicted IoU), 3
@@ -21,6 +24,7 @@ correction clicks. Each run is its own child process: wall times and the peak re
     python scripts/bench_finetune.py --modes zero_shot decoder --steps decoder=150
     python scripts/bench_finetune.py --modes zero_shot decoder \
         --picture docs/results_dsb_before_after.png
+    python scripts/bench_finetune.py --modes lora clicks --work runs   # the two stages
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
-MODES = ("zero_shot", "decoder", "automatic", "lora", "full")
-CACHED_MODES = ("decoder", "automatic")  # encoder frozen: embeddings cached once, shared
+MODES = ("zero_shot", "decoder", "automatic", "lora", "full", "clicks")
+CACHED_MODES = ("decoder", "automatic", "clicks")  # encoder frozen: embeddings cached once
+SHARED_CACHE_MODES = ("decoder", "automatic")  # the released encoder: one cache for both
 CHECKPOINT = "litemedsam"  # the released weights (samft.weights.known)
 
 # One prompt per object for each type, the same for every model (seeded per image and type).
@@ -105,8 +110,9 @@ def compose_train_config(mode: str, specs: dict, run_dir: Path, overrides: list[
         "callbacks.prediction_pictures=null",
         *overrides,
     ]
-    if mode in CACHED_MODES:
-        args.append(f"cache.dir={run_dir.parent / 'cache'}")  # shared: built once
+    if mode in CACHED_MODES:  # the released encoder's cache is shared: built once
+        shared = mode in SHARED_CACHE_MODES
+        args.append(f"cache.dir={run_dir.parent / 'cache' if shared else run_dir / 'cache'}")
     with initialize_config_module("samft.conf", version_base="1.3"):
         return compose("train", overrides=args)
 
@@ -156,6 +162,8 @@ def run_mode(mode: str, args: argparse.Namespace, queue: Any) -> None:
 
         run_dir = Path(args.work) / mode
         overrides = list(args.override)
+        if mode == "clicks":
+            overrides.append(f"model.checkpoint={base_checkpoint(args)}")
         if mode in args.steps:
             overrides += ["trainer.max_epochs=-1", f"trainer.max_steps={args.steps[mode]}"]
         cfg = compose_train_config(mode, specs, run_dir, overrides)
@@ -187,6 +195,32 @@ def run_mode(mode: str, args: argparse.Namespace, queue: Any) -> None:
     result["eval_s"] = time.perf_counter() - start
     result["peak_rss_mib"] = _peak_rss_mib()
     queue.put(result)
+
+
+def wait_for_result(mode: str, child: Any, queue: Any) -> dict:
+    """The child's figures; a child that dies without them (an error, a kill) ends the
+    benchmark with its exit code instead of a parent waiting for ever."""
+    import queue as queues
+
+    while True:
+        try:
+            return queue.get(timeout=5)
+        except queues.Empty:
+            if child.is_alive():
+                continue
+            try:  # it may have put its figures just before exiting
+                return queue.get(timeout=1)
+            except queues.Empty:
+                code = child.exitcode or 1
+                raise SystemExit(f"mode {mode}: the run exited ({code}) without figures") from None
+
+
+def base_checkpoint(args: argparse.Namespace) -> str:
+    """The checkpoint the clicks stage starts from: `--base`, else the lora run in --work."""
+    base = Path(args.base) if args.base else Path(args.work) / "lora" / "checkpoints" / "last.ckpt"
+    if not base.is_file():
+        raise SystemExit(f"--modes clicks: no {base}; give --base CKPT or run --modes lora clicks")
+    return str(base)
 
 
 def _global_step(checkpoint: str) -> int:
@@ -291,6 +325,9 @@ def main() -> None:
     parser.add_argument(
         "--val-objects", type=int, default=4, help="objects scored per val image (seeded; 0: all)"
     )
+    parser.add_argument(
+        "--base", default=None, help="clicks: the LoRA checkpoint (default: --work's lora run)"
+    )
     parser.add_argument("--override", nargs="*", default=[], help="extra key=value for every run")
     parser.add_argument("--output", default="bench_finetune.json", help="the JSON of the figures")
     parser.add_argument(
@@ -313,7 +350,7 @@ def main() -> None:
         start = time.perf_counter()
         child = ctx.Process(target=run_mode, args=(mode, args, queue))
         child.start()
-        result = queue.get()
+        result = wait_for_result(mode, child, queue)
         child.join()
         result["wall_s"] = time.perf_counter() - start
         results.append(result)

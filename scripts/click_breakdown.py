@@ -9,6 +9,8 @@ simulated centre correction clicks, in three variants:
     oracle    every round answered with the multimask outputs, the best by true IoU picked
               (an upper bound on the first answer; later rounds' multimask outputs are
               not what the recipes train)
+    oracle_first  the first answer the best of the three by true IoU, then the protocol:
+              what a perfect IoU head would give the clicks to start from
 
 Means per variant and round, and per object size (box, one point, last click), are
 printed and written to `--output` (JSON). IoU in the model's input frame, as the metrics.
@@ -44,7 +46,7 @@ PROTOCOL = {
     },
     "box": {"point_prob": 0.0, "box_prob": 1.0, "box_noise_std": 0.0},
 }  # fmt: skip
-VARIANTS = ("protocol", "no_mask", "oracle")
+VARIANTS = ("protocol", "no_mask", "oracle", "oracle_first")
 SIZE_BINS = ((0, 70), (70, 150), (150, 500), (500, None))  # object area, input-frame pixels
 
 
@@ -59,7 +61,7 @@ def click_rounds(module: SamFineTuner, batch, embeddings, variant: str, clicks: 
         out = batched.decode(sam, embeddings, batch.object_image_index, prompts, multimask)
         logits = batched.upscale(sam, out.low_res)
         each = mask_iou(logits, gt, valid)  # P x 4, every output
-        if variant == "oracle":
+        if variant == "oracle" or (variant == "oracle_first" and click == 0):
             best = each.masked_fill(~out.answering, -1.0).argmax(dim=1)
         else:
             best = out.predicted_best()

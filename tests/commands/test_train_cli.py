@@ -16,6 +16,7 @@ import pytest
 import torch
 from demo_cli import demo_overrides, run_samft
 
+from samft import conf
 from samft.data.synthetic import write_shapes_dataset
 
 _overrides = demo_overrides
@@ -126,18 +127,10 @@ def test_two_process_ddp_gathers_metrics_across_ranks(tmp_path):
     assert final["val/num_objects"] == len(annotations["annotations"])
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "demo",
-        "medsam_box",
-        "lora_vit_b",
-        "interactive_paper",
-        "litemedsam_decoder",
-        "litemedsam_lora",
-        "litemedsam_full",
-    ],
-)
+RECIPES = sorted(p.stem for p in (Path(conf.__file__).parent / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_composes_into_valid_configs(name):
     from hydra import compose, initialize_config_module
 

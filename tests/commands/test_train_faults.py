@@ -89,3 +89,11 @@ def test_typo_in_override_lists_known_keys(tmp_path):
     assert "Could not override 'finetune.lora_rnk'" in result.stderr
     assert "known keys of 'finetune':" in result.stderr and "'lora_rank'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cache_without_a_folder_is_one_line(tmp_path):
+    args = _overrides(tmp_path / "data", tmp_path / "run")
+    result = _run(["cache", *args[1:], "cache.dir=null"], tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "samft cache: error: CacheError: cache.dir is not set" in result.stderr
+    assert "Traceback" not in result.stderr

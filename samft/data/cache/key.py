@@ -18,7 +18,11 @@ IMAGE_STAMPS = ("mtime", "content")
 
 
 class CacheError(RuntimeError):
-    """A cache that cannot be used: stale, partial, missing or unreadable."""
+    """A cache that cannot be used: stale, partial, missing or unreadable. The user fixes
+    it (rebuild with `python -m samft cache`, or set `cache.dir`), so the CLI says it in one
+    line and exits 2."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
