@@ -2,7 +2,7 @@
 
 For every object of dsb-nuclei/val (or `--data`) two first prompts are scored, the centre
 point and the tight box (the protocol of `scripts/bench_finetune.py`), then `--clicks`
-simulated centre correction clicks, in three variants:
+simulated centre correction clicks, in four variants:
 
     protocol  the previous mask's low-res logits fed back, the IoU head picks the mask
     no_mask   the same clicks, no mask fed back
@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 import torch
+from bench_finetune import PROTOCOL as BENCH_PROTOCOL  # this folder: the same prompts
 from torch.utils.data import DataLoader
 
 from samft.data.collate import collate_samples
@@ -39,13 +40,7 @@ from samft.train.rounds import next_round_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "dsb-nuclei"
-PROTOCOL = {
-    "one_point": {
-        "point_prob": 1.0, "box_prob": 0.0, "num_points": [1, 1], "num_negatives": [0, 0],
-        "positive_region": "interior", "interior_fraction": 1.0,
-    },
-    "box": {"point_prob": 0.0, "box_prob": 1.0, "box_noise_std": 0.0},
-}  # fmt: skip
+PROTOCOL = {kind: BENCH_PROTOCOL[kind] for kind in ("one_point", "box")}
 VARIANTS = ("protocol", "no_mask", "oracle", "oracle_first")
 SIZE_BINS = ((0, 70), (70, 150), (150, 500), (500, None))  # object area, input-frame pixels
 
