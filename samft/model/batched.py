@@ -62,7 +62,9 @@ def dense_embeddings(sam: Sam, mask_inputs: Tensor, has_mask_input: Tensor) -> T
     dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(num, -1, h, w)
     if has_mask_input.any():
         dense = dense.clone()
-        dense[has_mask_input] = pe.mask_downscaling(mask_inputs[has_mask_input])
+        # under autocast the convolutions answer in bf16/fp16 while no_mask_embed is fp32
+        downscaled = pe.mask_downscaling(mask_inputs[has_mask_input])
+        dense[has_mask_input] = downscaled.to(dense.dtype)
     return dense
 
 

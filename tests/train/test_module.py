@@ -94,9 +94,10 @@ def test_auto_multimask_answers_only_a_single_point_with_three_masks():
     assert batched.answering_outputs(labels, False)[:, 0].all()
 
 
-def _fit(module, dm, tmp_path, steps):
+def _fit(module, dm, tmp_path, steps, precision="32-true"):
     trainer = L.Trainer(
         accelerator="cpu",
+        precision=precision,
         max_steps=steps,
         logger=CSVLogger(tmp_path, name="", version=""),
         log_every_n_steps=1,
@@ -117,6 +118,37 @@ def test_loss_falls_on_real_ct_data(ct_organs, tmp_path):
     assert len(losses) == 24
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.6 * first, (first, last)
+
+
+def test_bf16_mixed_trains_with_mask_prompts_and_the_loss_falls(ct_organs, tmp_path):
+    """bf16 autocast (the GPU presets, and a CPU with AMX) with correction rounds, whose
+    mask prompts are embedded in bf16 beside fp32 `no_mask_embed` rows."""
+    torch.manual_seed(0)
+    module = SamFineTuner(
+        model={"variant": "tiny"},
+        finetune={"image_encoder": "full"},
+        optim={"lr": 1e-3, "warmup_steps": 0, "schedule": "constant"},
+        interactive={"val_clicks": [1], "correction_rounds": 2},
+    )
+    losses = _fit(module, _datamodule(ct_organs), tmp_path, steps=24, precision="bf16-mixed")
+    assert len(losses) == 24 and all(torch.isfinite(torch.tensor(losses)))
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < 0.6 * first, (first, last)
+    assert all(p.dtype == torch.float32 for p in module.parameters())  # fp32 master weights
+
+
+def test_dense_embeddings_under_autocast_keep_fp32_rows():
+    module = _module()
+    pe = module.model.prompt_encoder
+    h, w = pe.image_embedding_size
+    masks = torch.randn(3, 1, 4 * h, 4 * w)
+    has_mask = torch.tensor([True, False, True])
+    expected = batched.dense_embeddings(module.model, masks, has_mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dense = batched.dense_embeddings(module.model, masks, has_mask)
+    assert dense.dtype == torch.float32
+    torch.testing.assert_close(dense[1], expected[1], atol=0, rtol=0)  # no mask: exact
+    torch.testing.assert_close(dense, expected, atol=0.05, rtol=0.02)  # bf16 convolutions
 
 
 def test_lora_trains_only_adapters_in_the_encoder(ct_organs, tmp_path):
