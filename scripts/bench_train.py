@@ -19,6 +19,10 @@ It also times the data loader alone (samples/s, `num_workers=0`) to compare with
 model consumes. With `--memory`, two more rows: a naive full fine-tune (official modules,
 encoder trained) and samft's LoRA with activation checkpointing.
 
+With `--precision fp32 bf16`, each row runs once per precision (bf16: the step under
+`torch.autocast`, as `trainer.precision=bf16-mixed` runs it, fp32 weights), and the column
+"x fp32" gives its speed against the same row in fp32.
+
 Each row runs in its own child process. "peak MiB" is the memory added during the steps on
 top of the built model: on CUDA the allocator's peak, on CPU the peak resident set (Linux
 VmHWM, reset before the steps; coarser, but comparable between rows).
@@ -27,6 +31,8 @@ VmHWM, reset before the steps; coarser, but comparable between rows).
     python scripts/bench_train.py --variant vit_b --objects 1 8 --steps 2 --device cuda
     python scripts/bench_train.py --variant vit_b --image-size 512 --objects 1 --memory
     python scripts/bench_train.py --variant vit_b --decoder --objects 1 8 16
+    python scripts/bench_train.py --variant lite_medsam --rows samft cached --objects 4 \
+        --precision fp32 bf16
 """
 
 from __future__ import annotations
@@ -149,7 +155,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _run_row(row: str, objects: int, args: argparse.Namespace, queue: Any) -> None:
+def _run_row(row: str, objects: int, precision: str, args: argparse.Namespace, queue: Any) -> None:
     """Child process: build the row's model, warm up on batch 0, time the other batches."""
     warnings.filterwarnings("ignore")
     if args.threads:
@@ -175,12 +181,17 @@ def _run_row(row: str, objects: int, args: argparse.Namespace, queue: Any) -> No
         loss_fn = SamLoss()
     optimizer = torch.optim.AdamW(params, lr=1e-5)
 
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
+
     def step(batch: SamBatch) -> None:
         optimizer.zero_grad(set_to_none=True)
-        if row.startswith("naive"):
-            _naive_step(ref, batch, loss_fn, args.image_size, row == "naive_full")
-        else:
-            module.training_step(batch, 0).backward()
+        with autocast:
+            if row.startswith("naive"):
+                _naive_step(ref, batch, loss_fn, args.image_size, row == "naive_full")
+            else:
+                loss = module.training_step(batch, 0)
+        if not row.startswith("naive"):
+            loss.backward()
         optimizer.step()
 
     before = _reset_peak(device)
@@ -195,6 +206,7 @@ def _run_row(row: str, objects: int, args: argparse.Namespace, queue: Any) -> No
     queue.put(
         {
             "row": row,
+            "precision": precision,
             "objects_per_image": objects,
             "seconds": sum(times),
             "prompts": sum(int(b.prompts.labels.shape[0]) for b in batches[1:]),
@@ -282,11 +294,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="coco-mini style folder")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: default)")
+    parser.add_argument(
+        "--precision", nargs="+", default=["fp32"], choices=("fp32", "bf16"), help="per row"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.image_size is None:
-        args.image_size = 256 if args.variant == "tiny" else 1024
+        args.image_size = 256 if args.variant in ("tiny", "lite_medsam") else 1024
     if args.decoder:
         _decoder_bench(args)
         return
@@ -296,38 +311,49 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for objects in args.objects:
         for row in rows:
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_run_row, args=(row, objects, args, queue))
-            proc.start()
-            results.append(queue.get())
-            proc.join()
-            r = results[-1]
-            print(f"  done: {row} K={objects} in {r['seconds']:.1f} s", file=sys.stderr)
+            for precision in args.precision:
+                queue = ctx.Queue()
+                proc = ctx.Process(target=_run_row, args=(row, objects, precision, args, queue))
+                proc.start()
+                results.append(queue.get())
+                proc.join()
+                r = results[-1]
+                print(
+                    f"  done: {row} {precision} K={objects} in {r['seconds']:.1f} s",
+                    file=sys.stderr,
+                )
 
     print(
         f"{args.variant} @ {args.image_size}px, {args.images} images/step, device {args.device}, "
         f"{args.steps} timed steps, torch threads {args.threads or torch.get_num_threads()}"
     )
     print(
-        f"{'row':<17}{'K':>3}{'prompts/s':>11}{'images/s':>10}{'x naive':>9}"
-        f"{'peak MiB':>10}{'loader img/s':>14}"
+        f"{'row':<17}{'precision':>10}{'K':>3}{'prompts/s':>11}{'images/s':>10}{'x naive':>9}"
+        f"{'x fp32':>8}{'peak MiB':>10}{'loader img/s':>14}"
     )
     for r in results:
         r["prompts_per_s"] = r["prompts"] / r["seconds"]
         r["images_per_s"] = r["images"] / r["seconds"]
-    for r in results:
-        naive = next(
+
+    def speed_against(row: str, r: dict, precision: str) -> float:
+        base = next(
             (
                 x
                 for x in results
-                if x["row"] == "naive" and x["objects_per_image"] == r["objects_per_image"]
+                if x["row"] == row
+                and x["precision"] == precision
+                and x["objects_per_image"] == r["objects_per_image"]
             ),
             None,
         )
-        ratio = r["prompts_per_s"] / naive["prompts_per_s"] if naive else float("nan")
+        return r["prompts_per_s"] / base["prompts_per_s"] if base else float("nan")
+
+    for r in results:
         print(
-            f"{r['row']:<17}{r['objects_per_image']:>3}{r['prompts_per_s']:>11.3f}"
-            f"{r['images_per_s']:>10.3f}{ratio:>9.1f}{r['peak_mib']:>10.0f}"
+            f"{r['row']:<17}{r['precision']:>10}{r['objects_per_image']:>3}"
+            f"{r['prompts_per_s']:>11.3f}{r['images_per_s']:>10.3f}"
+            f"{speed_against('naive', r, r['precision']):>9.1f}"
+            f"{speed_against(r['row'], r, 'fp32'):>8.2f}{r['peak_mib']:>10.0f}"
             f"{r['loader_images_per_s']:>14.2f}"
         )
     if args.json:
