@@ -1,4 +1,5 @@
-"""scripts/bench_train.py runs: the decoder table, and the training table per precision."""
+"""scripts/bench_train.py runs: the decoder table, and the training table per precision;
+scripts/bench_cpu_bf16.py: a row per matrix size."""
 
 from __future__ import annotations
 
@@ -35,3 +36,15 @@ def test_training_table_has_a_row_per_precision():
     assert [(r[0], r[1]) for r in rows] == [("cached", "fp32"), ("cached", "bf16")]
     assert float(rows[0][6]) == 1.0  # fp32 against itself
     assert float(rows[1][6]) > 0 and float(rows[1][3]) > 0
+
+
+def test_cpu_bf16_table_has_a_row_per_size():
+    script = SCRIPT.parent / "bench_cpu_bf16.py"
+    spec = importlib.util.spec_from_file_location("bench_cpu_bf16", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--sizes", "8", "16", "--repeats", "1"])
+    assert [row["n"] for row in rows] == [8, 16]
+    for row in rows:
+        assert row["fp32_s"] > 0 and row["bf16_s"] > 0
+        assert row["ratio"] == row["bf16_s"] / row["fp32_s"]

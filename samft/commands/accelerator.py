@@ -1,16 +1,21 @@
-"""Clear errors for a GPU asked for on a machine without one, before anything is built.
+"""Clear errors for a GPU asked for on a machine without one, before anything is built,
+and a warning for bf16 on a CPU that has no bf16 matrix units.
 
-Lightning's own message for `accelerator=gpu` without CUDA ("CUDAAccelerator can not run on
-your system since the accelerator is not available") names neither the config key nor the
-way out; torch's for `device=cuda` comes from deep inside the first `.to()`.
+Lightning's own message for `accelerator=gpu` without CUDA ("No supported gpu backend
+found!") names neither the config key nor the way out; torch's for `device=cuda` comes from
+deep inside the first `.to()`.
 """
 
 from __future__ import annotations
 
+import logging
+import platform
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 # Lightning accelerator names that need CUDA (or ROCm, which torch reports as cuda too).
 CUDA_ACCELERATORS = ("gpu", "cuda")
@@ -73,3 +78,41 @@ def check_device(device: str | None, key: str = "device") -> None:
             f"{key}={device} but Apple's MPS backend is not available on this machine; "
             f"use {key}=cpu or {key}=auto"
         )
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (x86: AVX-512 BF16 or AMX).
+
+    Without them torch's CPU kernels run bf16 products far slower than fp32 (17-88x for
+    128-1024 square products on an AVX2-only x86 CPU: `scripts/bench_cpu_bf16.py`,
+    docs/performance.md). Other architectures, and torch builds without the probes,
+    count as having them.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    probes = [
+        getattr(torch.cpu, name, None)
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    if any(probe is None for probe in probes):
+        return True
+    return any(probe() for probe in probes)
+
+
+def warn_bf16_on_cpu(trainer_cfg: Mapping[str, Any] | None) -> bool:
+    """Log a warning (and return True) when `trainer.precision` asks for bf16 on a CPU
+    without bf16 matrix units: the run works, only many times slower than in fp32."""
+    if not trainer_cfg:
+        return False
+    precision = str(trainer_cfg.get("precision", ""))
+    accelerator = str(trainer_cfg.get("accelerator", "auto")).lower()
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if not (precision.startswith("bf16") and on_cpu) or cpu_has_bf16_units():
+        return False
+    log.warning(
+        "trainer.precision=%s on a CPU without bf16 matrix units (AVX-512 BF16 or AMX): "
+        "its matrix products run several times slower than in fp32 here; "
+        "use trainer.precision=32-true",
+        precision,
+    )
+    return True

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, MissingMandatoryValue, OmegaConf
 
-from samft.commands.accelerator import check_accelerator
+from samft.commands.accelerator import check_accelerator, warn_bf16_on_cpu
 from samft.commands.eval_instance import evaluate_instances
 from samft.evaluate.prompted import evaluate_checkpoint
 from samft.evaluate.report import build_report, format_table
@@ -187,6 +187,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output = Path(cfg.output)
     prepare_output_dir(output.parent, f"output={cfg.output}")
     check_accelerator(cfg.trainer)
+    warn_bf16_on_cpu(cfg.trainer)
     spec, data, source = dataset_settings(cfg, checkpoints)
     if cfg.mode == "instance":
         return evaluate_instances(cfg, checkpoints, spec, source)

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from samft.commands.accelerator import check_accelerator, warn_bf16_on_cpu
 from samft.commands.common import (
     build_callbacks,
     build_datamodule,
@@ -42,6 +43,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     The launching process holds the run folder's lock for the whole run. A stop signal
     saves `last.ckpt` (callback `save_on_signal`) and exits with 128 + the signal number.
     """
+    check_accelerator(cfg.trainer)
+    warn_bf16_on_cpu(cfg.trainer)
     output_dir = Path(cfg.output_dir)
     lock = RunLock(output_dir, resume=_resumes_in(cfg.ckpt_path, output_dir))
     if is_launcher_process():

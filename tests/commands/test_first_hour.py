@@ -13,7 +13,8 @@ import torch
 from hydra import compose, initialize_config_module
 
 from samft.__main__ import main
-from samft.commands.accelerator import check_accelerator, check_device
+from samft.commands import accelerator
+from samft.commands.accelerator import check_accelerator, check_device, warn_bf16_on_cpu
 from samft.commands.common import build_datamodule
 
 TRAINING_GROUPS = ("finetune:", "interactive:", "experiment:", "loss:", "optim:")
@@ -198,3 +199,20 @@ def test_run_summary_says_where_things_are_and_what_comes_next(tmp_path):
     assert "val/dice             0.104 ->   -" in text
     assert f"eval checkpoint=[{tmp_path}/demo-shapes/run1/checkpoints/initial.pth," in text
     assert f"export checkpoint={tmp_path / 'best.ckpt'} output=exports/demo-shapes" in text
+
+
+@pytest.mark.parametrize("units", [False, True])
+def test_bf16_on_a_cpu_without_bf16_units_warns(monkeypatch, caplog, units):
+    monkeypatch.setattr(accelerator.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: units, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    bf16_cpu = {"accelerator": "cpu", "precision": "bf16-mixed"}
+    assert warn_bf16_on_cpu(bf16_cpu) is not units
+    assert ("trainer.precision=bf16-mixed on a CPU without bf16" in caplog.text) is not units
+    assert warn_bf16_on_cpu({"accelerator": "auto", "precision": "bf16-true"}) is not units
+    assert not warn_bf16_on_cpu({"accelerator": "cpu", "precision": "32-true"})
+    assert not warn_bf16_on_cpu({"accelerator": "gpu", "precision": "bf16-mixed"})
+    assert not warn_bf16_on_cpu(None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # auto picks the GPU
+    assert not warn_bf16_on_cpu({"accelerator": "auto", "precision": "bf16-mixed"})

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from demo_cli import demo_overrides, run_samft
 
@@ -97,3 +98,13 @@ def test_cache_without_a_folder_is_one_line(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert "samft cache: error: CacheError: cache.dir is not set" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_trainer_gpu_without_a_gpu_is_explained_before_any_work(tmp_path):
+    data = tmp_path / "data"
+    result = _run(_overrides(data, tmp_path / "run", "trainer=gpu"), tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "samft train: error: trainer.accelerator=gpu but no CUDA GPU" in result.stderr
+    assert "use trainer=cpu" in result.stderr and "Traceback" not in result.stderr
+    assert not data.exists()  # refused before the demo data were generated
