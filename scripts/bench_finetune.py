@@ -20,11 +20,17 @@ positive + 1 negative points, the tight box (no noise); then 1, 3 and 5 simulate
 correction clicks. Each run is its own child process: wall times and the peak resident set
 (VmHWM of that process) are per run. Figures go to a JSON file (`--output`).
 
+`--device cuda` trains on one GPU (`trainer=gpu`, 4 loader workers) and scores there too,
+and adds the GPU's peak allocated memory; `--precision` sets the training precision
+(default: 32-true on the CPU, bf16-mixed on a GPU). Scoring stays in fp32 on either, so
+rows of both precisions compare.
+
     python scripts/bench_finetune.py                               # all modes, recipe steps
     python scripts/bench_finetune.py --modes zero_shot decoder --steps decoder=150
     python scripts/bench_finetune.py --modes zero_shot decoder \
         --picture docs/results_dsb_before_after.png
     python scripts/bench_finetune.py --modes lora clicks --work runs   # the two stages
+    python scripts/bench_finetune.py --device cuda --modes zero_shot lora clicks --val-objects 0
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ PROTOCOL: dict[str, dict[str, Any]] = {
     "box": {"point_prob": 0.0, "box_prob": 1.0, "box_noise_std": 0.0},
 }
 CLICKS = (1, 3, 5)
+DEVICES = {"cpu": "cpu", "cuda": "gpu"}  # --device -> Lightning accelerator
+DEFAULT_PRECISION = {"cpu": "32-true", "cuda": "bf16-mixed"}
 REPORTED = (
     "miou/one_point",
     "miou/points",
@@ -87,6 +95,13 @@ def dataset_specs(data: Path) -> dict[str, dict[str, str]]:
         },
         "ct": {"format": "coco", "annotations": str(ct / "annotations.json"), "images": str(ct)},
     }
+
+
+def device_overrides(device: str, precision: str) -> list[str]:
+    """Training overrides for `--device` and `--precision`: the recipes' CPU trainer as it
+    is, or one GPU with loader workers (the recipes load in the main process, for a CPU)."""
+    overrides = [] if device == "cpu" else ["trainer=gpu", "data.num_workers=4"]
+    return [*overrides, f"trainer.precision={precision}"]
 
 
 def compose_train_config(mode: str, specs: dict, run_dir: Path, overrides: list[str]):
@@ -122,7 +137,15 @@ def _peak_rss_mib() -> float:
         return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
 
 
-def evaluate(checkpoint: str, spec: dict, max_objects: int | None, clicks: bool) -> dict:
+def _peak_gpu_mib() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def evaluate(
+    checkpoint: str, spec: dict, max_objects: int | None, clicks: bool, device: str = "cpu"
+) -> dict:
     """Each prompt type of `PROTOCOL` once per object (`clicks=False`: no correction
     clicks), and with `clicks`, the one-point prompt followed by `CLICKS` centre clicks
     (`miou/click_N` then start from the centre point, as a user clicking once and
@@ -134,7 +157,7 @@ def evaluate(checkpoint: str, spec: dict, max_objects: int | None, clicks: bool)
         "multimask_output": "auto",
         "seed": 0,
         "max_objects_per_image": max_objects,
-        "trainer_options": {"accelerator": "cpu"},
+        "trainer_options": {"accelerator": DEVICES[device], "precision": "32-true"},
     }
     metrics = evaluate_checkpoint(checkpoint, spec, prompts=PROTOCOL, clicks=(), **options).metrics
     if clicks:
@@ -161,7 +184,7 @@ def run_mode(mode: str, args: argparse.Namespace, queue: Any) -> None:
         from samft.commands.train import train
 
         run_dir = Path(args.work) / mode
-        overrides = list(args.override)
+        overrides = [*device_overrides(args.device, args.precision), *args.override]
         if mode == "clicks":
             overrides.append(f"model.checkpoint={base_checkpoint(args)}")
         if mode in args.steps:
@@ -190,10 +213,13 @@ def run_mode(mode: str, args: argparse.Namespace, queue: Any) -> None:
         }
     result["checkpoint"] = checkpoint
     start = time.perf_counter()
-    result["dsb_val"] = evaluate(checkpoint, specs["dsb_val"], args.val_objects, clicks=True)
-    result["ct"] = evaluate(checkpoint, specs["ct"], None, clicks=False)
+    val = specs["dsb_val"]
+    result["dsb_val"] = evaluate(checkpoint, val, args.val_objects, True, args.device)
+    result["ct"] = evaluate(checkpoint, specs["ct"], None, False, args.device)
     result["eval_s"] = time.perf_counter() - start
     result["peak_rss_mib"] = _peak_rss_mib()
+    if args.device == "cuda":
+        result["peak_gpu_mib"] = _peak_gpu_mib()
     queue.put(result)
 
 
@@ -242,6 +268,8 @@ def parse_steps(values: list[str]) -> dict[str, int]:
 def print_table(results: list[dict]) -> None:
     cols = ["mode", "steps", "1 pt", "pts", "box", "clk1", "clk3", "clk5", "mae"]
     cols += ["ct box", "train s", "eval s", "RSS MiB"]
+    on_gpu = any("peak_gpu_mib" in r for r in results)
+    cols += ["GPU MiB"] if on_gpu else []
     print(" | ".join(cols))
     for r in results:
         d = r["dsb_val"]
@@ -249,6 +277,7 @@ def print_table(results: list[dict]) -> None:
         row += [f"{d.get(k, float('nan')):.3f}" for k in REPORTED]
         row += [f"{r['ct'].get('miou/box', float('nan')):.3f}"]
         row += [f"{r.get('train_s', 0):.0f}", f"{r['eval_s']:.0f}", f"{r['peak_rss_mib']:.0f}"]
+        row += [f"{r.get('peak_gpu_mib', 0):.0f}"] if on_gpu else []
         print(" | ".join(row), flush=True)
 
 
@@ -312,7 +341,21 @@ def draw_picture(path: Path, checkpoints: dict[str, str], spec: dict, images: in
     print(f"picture: {path} ({path.stat().st_size // 1024} KB)")
 
 
-def main() -> None:
+def check_device(device: str) -> str:
+    """The machine's line of the report; a one-line exit when `cuda` has no device here."""
+    import torch
+
+    if device == "cpu":
+        return f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
+    if not torch.cuda.is_available():
+        raise SystemExit(
+            f"--device cuda: torch {torch.__version__} sees no CUDA device here; "
+            "run on a GPU machine or leave --device out"
+        )
+    return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument(
@@ -339,7 +382,13 @@ def main() -> None:
         action="store_true",
         help="score the last.ckpt of runs already under --work instead of training",
     )
-    args = parser.parse_args()
+    parser.add_argument("--device", choices=sorted(DEVICES), default="cpu")
+    parser.add_argument(
+        "--precision", default=None, help="training precision (default: 32-true, cuda bf16-mixed)"
+    )
+    args = parser.parse_args(argv)
+    args.precision = args.precision or DEFAULT_PRECISION[args.device]
+    machine = check_device(args.device)
     args.steps = parse_steps(args.steps)
     args.val_objects = args.val_objects or None
     args.work = args.work or tempfile.mkdtemp(prefix="bench_finetune_")
@@ -356,7 +405,9 @@ def main() -> None:
         results.append(result)
         print_table(results)
         report = {
-            "machine": f"{os.cpu_count()} CPU cores, torch threads {_threads()}",
+            "machine": machine,
+            "device": args.device,
+            "training_precision": args.precision,
             "protocol": PROTOCOL,
             "clicks": list(CLICKS),
             "results": results,
@@ -370,12 +421,6 @@ def main() -> None:
             checkpoints[f"{best['mode']} fine-tuned"] = best["checkpoint"]
         spec = dataset_specs(Path(args.data))["dsb_val"]
         draw_picture(Path(args.picture), checkpoints, spec, args.picture_images)
-
-
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 if __name__ == "__main__":
