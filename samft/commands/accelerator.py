@@ -111,7 +111,7 @@ def warn_bf16_on_cpu(trainer_cfg: Mapping[str, Any] | None) -> bool:
         return False
     log.warning(
         "trainer.precision=%s on a CPU without bf16 matrix units (AVX-512 BF16 or AMX): "
-        "its matrix products run several times slower than in fp32 here; "
+        "its matrix products run many times slower than in fp32 here; "
         "use trainer.precision=32-true",
         precision,
     )
