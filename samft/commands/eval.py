@@ -187,10 +187,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output = Path(cfg.output)
     prepare_output_dir(output.parent, f"output={cfg.output}")
     check_accelerator(cfg.trainer)
-    warn_bf16_on_cpu(cfg.trainer)
     spec, data, source = dataset_settings(cfg, checkpoints)
     if cfg.mode == "instance":
         return evaluate_instances(cfg, checkpoints, spec, source)
+    warn_bf16_on_cpu(cfg.trainer)  # only the prompted scores run under trainer.precision
     trainer_options = OmegaConf.to_container(cfg.trainer, resolve=True) if cfg.trainer else {}
     trainer_options.pop("_target_", None)
     # nested `_target_` specs (plugins, a strategy) become objects, as `samft train` builds them
