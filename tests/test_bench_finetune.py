@@ -7,20 +7,12 @@ configs and options they are built from, which is where a GPU run would go wrong
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_finetune.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_finetune", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(scripts):
+    return scripts("bench_finetune")
 
 
 @pytest.mark.parametrize("mode", ["decoder", "lora", "clicks"])

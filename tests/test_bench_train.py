@@ -3,7 +3,6 @@ scripts/bench_cpu_bf16.py: a row per matrix size."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +10,8 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_train.py"
 
 
-def test_decoder_table_for_tiny(capsys):
-    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_decoder_table_for_tiny(scripts, capsys):
+    bench = scripts("bench_train")
     bench.main(["--variant", "tiny", "--decoder", "--objects", "1", "2", "--steps", "1"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("decoder fwd+bwd per prompt, tiny @ 256px (16x16 tokens)")
@@ -38,11 +35,8 @@ def test_training_table_has_a_row_per_precision():
     assert float(rows[1][6]) > 0 and float(rows[1][3]) > 0
 
 
-def test_cpu_bf16_table_has_a_row_per_size():
-    script = SCRIPT.parent / "bench_cpu_bf16.py"
-    spec = importlib.util.spec_from_file_location("bench_cpu_bf16", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_cpu_bf16_table_has_a_row_per_size(scripts):
+    bench = scripts("bench_cpu_bf16")
     rows = bench.main(["--sizes", "8", "16", "--repeats", "1"])
     assert [row["n"] for row in rows] == [8, 16]
     for row in rows:

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_data.py"
-
-
-def test_bench_data_smoke(coco_mini, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_data", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_bench_data_smoke(scripts, coco_mini, tmp_path, capsys):
+    bench = scripts("bench_data")
     out = tmp_path / "bench.json"
     argv = ["--annotations", str(coco_mini / "annotations_val.json")]
     argv += ["--images", str(coco_mini / "images"), "--image-size", "64", "--batch-size", "2"]
