@@ -105,6 +105,7 @@ def test_trainer_gpu_without_a_gpu_is_explained_before_any_work(tmp_path):
     data = tmp_path / "data"
     result = _run(_overrides(data, tmp_path / "run", "trainer=gpu"), tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "samft train: error: trainer.accelerator=gpu but no CUDA GPU" in result.stderr
+    expected = "samft train: error: ValueError: trainer.accelerator=gpu but no CUDA GPU"
+    assert expected in result.stderr
     assert "use trainer=cpu" in result.stderr and "Traceback" not in result.stderr
     assert not data.exists()  # refused before the demo data were generated
