@@ -250,9 +250,12 @@ def base_checkpoint(args: argparse.Namespace) -> str:
 
 
 def _global_step(checkpoint: str) -> int:
-    import torch
+    from samft.weights.lightning import read_lightning_info
 
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"])
+    info = read_lightning_info(checkpoint)
+    if info is None:
+        raise SystemExit(f"{checkpoint}: not a readable samft training checkpoint")
+    return int(info["global_step"])
 
 
 def parse_steps(values: list[str]) -> dict[str, int]:

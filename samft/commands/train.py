@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import signal
 from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -25,12 +25,18 @@ from samft.commands.common import (
     prepare_dataset,
 )
 from samft.commands.quiet import quiet_library_noise
+from samft.commands.run_config import write_run_config
 from samft.commands.run_summary import run_summary
 from samft.io.atomic import previous_of
 from samft.train.callbacks import SaveOnSignal
 from samft.train.run_lock import RunLock, is_launcher_process
 from samft.weights import save_sam
-from samft.weights.read import CheckpointError
+from samft.weights.files import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    allowed_checkpoint_types,
+    load_tensor_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +49,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     The launching process holds the run folder's lock for the whole run. A stop signal
     saves `last.ckpt` (callback `save_on_signal`) and exits with 128 + the signal number.
     """
-    check_accelerator(cfg.trainer)
-    warn_bf16_on_cpu(cfg.trainer)
     output_dir = Path(cfg.output_dir)
     lock = RunLock(output_dir, resume=_resumes_in(cfg.ckpt_path, output_dir))
     if is_launcher_process():
-        lock.acquire()
+        lock.acquire()  # before anything is written into the folder
+        write_run_config(cfg, output_dir)
     try:
+        log.info("output directory: %s", output_dir)
+        check_accelerator(cfg.trainer)
+        warn_bf16_on_cpu(cfg.trainer)
         return _train(cfg, output_dir)
     finally:
         lock.release()
@@ -76,7 +84,14 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
                 _write_json(output_dir / "baseline_metrics.json", baseline[0])
                 miou = baseline[0].get("val/miou", float("nan"))
                 log.info("zero-shot baseline: val/miou=%.4f", miou)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        with allowed_checkpoint_types():  # Lightning's own load of ckpt_path runs no code
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except pickle.UnpicklingError as err:  # ckpt_path=last/hpc: a file Lightning found itself
+        raise UnsafeCheckpointError(
+            f"ckpt_path={ckpt_path}: refusing to load the checkpoint Lightning resolved: its "
+            f"pickle holds more than tensors ({str(err).splitlines()[0]}). samft never runs "
+            "anything from a checkpoint; resume from another checkpoint of the run"
+        ) from None
     except SIGTERMException:
         raise SystemExit(_signal_exit_code(trainer)) from None
     for callback in trainer.checkpoint_callbacks:
@@ -116,15 +131,6 @@ def _resumes_in(ckpt_path: str | None, output_dir: Path) -> bool:
     return output_dir.resolve() in Path(ckpt_path).resolve().parents
 
 
-def _read_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as err:  # UnpicklingError of weights_only: a non-tensor object inside
-        if "weights_only" not in str(err):
-            raise
-    return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-
-
 def resume_checkpoint(ckpt_path: str | None, image_encoder: str) -> str | None:
     """The checkpoint `ckpt_path=` resumes, checked before any work: a readable samft
     Lightning checkpoint of the same encoder mode. A damaged file falls back, with a
@@ -135,16 +141,22 @@ def resume_checkpoint(ckpt_path: str | None, image_encoder: str) -> str | None:
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={path}: file not found")
     try:
-        checkpoint = _read_checkpoint(path)
-    except Exception as err:
+        checkpoint = load_tensor_file(path, mmap=True)
+    except UnsafeCheckpointError as err:
+        raise CheckpointError(f"ckpt_path={path}: {err}") from None
+    except CheckpointError as err:
         previous = previous_of(path)
         if not previous.is_file():
             raise CheckpointError(
-                f"ckpt_path={path}: cannot be read ({type(err).__name__}: {err}); the file is "
-                "damaged (a save cut short?). Resume from another checkpoint of the run."
+                f"ckpt_path={path}: cannot be read, the file is damaged (a save cut short?): "
+                f"resume from another checkpoint of the run. ({err})"
             ) from None
         log.warning("ckpt_path=%s cannot be read (%s); resuming from %s", path, err, previous)
-        path, checkpoint = previous, _read_checkpoint(previous)
+        path = previous
+        try:
+            checkpoint = load_tensor_file(path, mmap=True)
+        except CheckpointError as err:
+            raise CheckpointError(f"ckpt_path={path}: {err}") from None
     if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
         raise CheckpointError(
             f"ckpt_path={path}: not a samft training checkpoint. ckpt_path resumes a samft "
@@ -186,6 +198,5 @@ def _write_json(path: Path, values: dict) -> None:
 @hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     quiet_library_noise()
-    log.info("output directory: %s", cfg.output_dir)
     OmegaConf.resolve(cfg)
     train(cfg)

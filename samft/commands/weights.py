@@ -40,6 +40,13 @@ def format_rows(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+HOW_TO = (
+    "fetch one now: python -m samft weights fetch=NAME  |  add a file you downloaded: "
+    "python -m samft weights add=NAME file=PATH  |  use one: model.checkpoint=NAME"
+)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="weights")
 def main(cfg: DictConfig) -> None:
     print(format_rows(weights(cfg)))
+    print(f"\n{HOW_TO}")

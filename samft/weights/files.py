@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,38 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or does not fit the requested model."""
 
 
-def load_tensor_file(path: Path) -> Any:
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle that refers to code (or any type outside the allow-list): refused, not run."""
+
+
+# The non-tensor types samft's own files may hold beyond what `weights_only=True` accepts
+# by itself (tensors, plain containers, numbers, strings). samft writes none today: its
+# Lightning checkpoints hold plain dicts of hyper-parameters, loop and callback states and
+# optimizer states (tests/weights/test_safe_load.py checks every file a run writes). A type
+# added here is allowed by name, never imported from the file.
+SAMFT_CHECKPOINT_TYPES: tuple[type, ...] = ()
+
+
+def allowed_checkpoint_types():
+    """Context in which `torch.load(weights_only=True)` (samft's or Lightning's own, inside
+    `trainer.fit(ckpt_path=..., weights_only=True)`) also accepts SAMFT_CHECKPOINT_TYPES."""
+    return torch.serialization.safe_globals(list(SAMFT_CHECKPOINT_TYPES))
+
+
+def safe_torch_load(path: Path, mmap: bool = False) -> Any:
+    """`torch.load` that never runs code: `weights_only=True` with samft's allow-list, on the
+    CPU. There is no fallback to a full unpickle, whatever fails."""
+    mmap = mmap and zipfile.is_zipfile(path)  # the legacy (non-zip) format cannot be mapped
+    with allowed_checkpoint_types():
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def load_tensor_file(path: Path, mmap: bool = False) -> Any:
+    """The contents of a `.pth` / `.ckpt` / `.safetensors` file, never running code from it.
+
+    Raises UnsafeCheckpointError for a pickle that refers to code, CheckpointError for a
+    missing, truncated or foreign file; each names the file.
+    """
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
@@ -30,11 +62,11 @@ def load_tensor_file(path: Path) -> Any:
                 f"corrupt ({err})"
             ) from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return safe_torch_load(path, mmap=mmap)
     except pickle.UnpicklingError as err:
         code = _referenced_globals(path, err)
         if code:
-            raise CheckpointError(
+            raise UnsafeCheckpointError(
                 f"refusing to load checkpoint {path}: its pickle references "
                 f"{', '.join(code)}, which is code rather than tensors. samft loads with "
                 "torch.load(weights_only=True) and never runs anything from a checkpoint; "
@@ -58,9 +90,12 @@ def _referenced_globals(path: Path, err: Exception) -> list[str]:
 
 
 def _first_line(err: Exception) -> str:
+    """The first sentence of an error's message (torch's run on for several lines)."""
     text = str(err).strip()
     lines = [line for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else repr(err)
+    if not lines:
+        return repr(err)
+    return lines[0].split(". ")[0].rstrip(".")
 
 
 def is_tensor_dict(obj: Any) -> bool:

@@ -4,7 +4,10 @@
 checkpoint path does: `resolve_checkpoint` turns a known name into the cached file,
 downloading it on first use. Every download is checked against its sha256 (and size)
 before it takes its final name, so a failed, partial or tampered download never leaves a
-file that later loads. Afterwards the cached file is reused offline.
+file that later loads. Afterwards the cached file is reused offline, and checked again on
+every use: a stamp beside it (`NAME.verified`) records the digest with the file's size,
+inode and change times when they were checked; a file whose stat no longer matches its
+stamp (replaced, rewritten, copied) is hashed again and refused unless it still matches.
 
 The cache folder is `cache_dir` when given, else `$SAMFT_CACHE`, else `~/.cache/samft`;
 weights live in its `weights/` subfolder. LiteMedSAM's released weights are taken from
@@ -15,9 +18,11 @@ the `.pth` inside it, which is also checked).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
+import time
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -154,13 +159,94 @@ def resolve_checkpoint(
         )
     target = cached_path(entry, root)
     if target.is_file():
-        return target
+        return verify_cached(entry, target)
     if not download:
         raise CheckpointError(
             f"checkpoint {checkpoint}: known weights not in the cache {target.parent} and "
             "downloading is off"
         )
     return fetch(entry, root)
+
+
+def expected_digest(entry: KnownWeights) -> str:
+    """The sha256 of the cached checkpoint (for an archive, of the member extracted)."""
+    return entry.member_sha256 if entry.member else entry.sha256
+
+
+def verify_cached(entry: KnownWeights, path: Path) -> Path:
+    """`path` if it still holds `entry`'s weights, else a CheckpointError naming the file and
+    how to fetch it again. Hashes the file only when its stamp no longer matches its stat."""
+    stamp = _read_stamp(path)
+    if _vouches_for(stamp, path, expected_digest(entry)):
+        return path
+    digest = file_sha256(path)
+    if digest != expected_digest(entry):
+        raise CheckpointError(
+            f"the cached {entry.name} weights {path} have sha256 {digest}, expected "
+            f"{expected_digest(entry)}: the file was replaced or damaged after it was fetched. "
+            f"Fetch it again with `python -m samft weights fetch={entry.name}` (or add your "
+            f"own copy with `python -m samft weights add={entry.name} file=PATH`)"
+        )
+    _write_stamp(path, digest)
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.verified")
+
+
+def _stamp(path: Path, digest: str) -> dict[str, int | str]:
+    """What a check vouches for: the digest and the stat fields any replacement changes
+    (a rename or rewrite changes the inode or ctime, which no user can set back)."""
+    st = path.stat()
+    return {
+        "sha256": digest,
+        "size": st.st_size,
+        "inode": st.st_ino,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+    }
+
+
+# File times tick coarsely (a few ms, a second or two on some file systems): a file changed
+# within this long before its check could change again with the same stat, so such a stamp
+# is not trusted and the file is hashed again on its next use.
+RACY_NS = 2_000_000_000
+
+
+def _vouches_for(stamp: dict | None, path: Path, digest: str) -> bool:
+    if not stamp or not isinstance(stamp.get("checked_ns"), int):
+        return False
+    current = _stamp(path, digest)
+    same = all(stamp.get(key) == value for key, value in current.items())
+    return same and stamp["checked_ns"] - current["ctime_ns"] > RACY_NS
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+def _read_stamp(path: Path) -> dict | None:
+    try:
+        return json.loads(_stamp_path(path).read_text())
+    except (OSError, ValueError):  # no stamp yet, or a damaged one: hash the file again
+        return None
+
+
+def _write_stamp(path: Path, digest: str) -> None:
+    try:
+        stamp = _stamp(path, digest) | {"checked_ns": _now_ns()}
+        _stamp_path(path).write_text(json.dumps(stamp))
+    except OSError as err:  # a read-only cache: the file is still good, only re-hashed
+        log.debug("cannot write %s: %s", _stamp_path(path), err)
 
 
 def fetch(entry: KnownWeights, root: str | Path | None = None) -> Path:
@@ -189,6 +275,7 @@ def fetch(entry: KnownWeights, root: str | Path | None = None) -> Path:
         else:
             _extract_member(entry, partial, extracted)
             os.replace(extracted, target)
+        _write_stamp(target, expected_digest(entry))
     finally:
         partial.unlink(missing_ok=True)
         extracted.unlink(missing_ok=True)
@@ -255,21 +342,19 @@ def describe_known(root: str | Path | None = None) -> list[dict[str, str]]:
 def copy_into_cache(entry: KnownWeights, file: str | Path, root: str | Path | None = None) -> Path:
     """Put a file the user downloaded by hand into the cache, after checking its sha256."""
     file = Path(file)
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-    expected = entry.member_sha256 if entry.member else entry.sha256
-    if digest.hexdigest() != expected:
-        raise CheckpointError(
-            f"{file} is not {entry.name}: sha256 {digest.hexdigest()}, expected {expected}"
-        )
+    if not file.is_file():
+        raise CheckpointError(f"file={file}: no such file; give the path of the {entry.name} file")
+    digest = file_sha256(file)
+    expected = expected_digest(entry)
+    if digest != expected:
+        raise CheckpointError(f"{file} is not {entry.name}: sha256 {digest}, expected {expected}")
     target = cached_path(entry, root)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         shutil.copyfile(file, tmp)
         os.replace(tmp, target)
+        _write_stamp(target, digest)
     finally:
         tmp.unlink(missing_ok=True)
     return target

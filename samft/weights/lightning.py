@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from samft.io.files import output_stem
+from samft.weights.files import safe_torch_load
 
 LIGHTNING_KEY = "pytorch-lightning_version"
 SIDECAR_FORMAT = "samft-export/1"
@@ -32,12 +32,9 @@ def read_lightning_info(path: str | Path) -> dict[str, Any] | None:
         return None
     try:
         # memory-mapped: only the metadata is read, not gigabytes of tensors
-        container = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        try:  # files in the legacy (non-zip) format cannot be memory-mapped
-            container = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # read_state_dict reports unreadable files with the reason
-            return None
+        container = safe_torch_load(path, mmap=True)
+    except Exception:  # read_state_dict reports unreadable or unsafe files with the reason
+        return None
     if not isinstance(container, Mapping) or LIGHTNING_KEY not in container:
         return None
     return {

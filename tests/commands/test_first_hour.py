@@ -67,6 +67,19 @@ def test_help_lists_the_commands_own_keys_not_the_training_groups(command, capsy
         assert "prompts=FILE" in out and "prompts_file" not in out
 
 
+def test_weights_help_shows_how_to_fetch_and_add(capsys, tmp_path, monkeypatch):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["samft", "weights", "--help"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert out.startswith("python -m samft weights [fetch=NAME]")
+    assert "fetch=NAME" in out and "add=NAME file=PATH" in out and "$SAMFT_CACHE" in out
+    monkeypatch.setenv("SAMFT_CACHE", str(tmp_path))
+    main(["samft", "weights"])  # the listing ends with the same two ways to fill the cache
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "weights fetch=NAME" in last and "weights add=NAME file=PATH" in last
+
+
 def test_predict_without_prompts_names_prompts_file_as_the_docs_do(capsys):
     with pytest.raises(SystemExit):
         main(["samft", "predict", "checkpoint=x.pth", "input=photos", "output=out"])

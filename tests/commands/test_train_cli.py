@@ -96,7 +96,7 @@ def test_resume_after_sigkill_continues_at_the_same_step(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert last.exists(), "no last.ckpt before the kill:\n" + log.read_text()[-3000:]
-    saved_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    saved_step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     assert 0 < saved_step < 48, "killed too late to test a resume"
 
     resumed = _run([*args, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'run2'}"], tmp_path)
@@ -105,7 +105,7 @@ def test_resume_after_sigkill_continues_at_the_same_step(tmp_path):
     steps = [int(r["step"]) for r in rows if r.get("train/loss")]
     assert min(steps) >= saved_step, (saved_step, steps[:3])
     final = torch.load(
-        tmp_path / "run2" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        tmp_path / "run2" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
     assert final["global_step"] == 48  # 12 epochs x 4 batches: the run finished
 

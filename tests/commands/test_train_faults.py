@@ -56,7 +56,7 @@ def test_sigterm_saves_last_ckpt_and_exits_143(tmp_path):
         time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
-    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] > 0
     assert not (out / "final_metrics.json").exists() and not (out / LOCK_NAME).exists()
 
@@ -71,9 +71,17 @@ def test_busy_run_folder_is_refused(tmp_path):
     out.mkdir()
     owner = {"pid": os.getppid(), "host": socket.gethostname(), "started": time.time()}
     (out / LOCK_NAME).write_text(json.dumps(owner))
+    live = {name: f"the live run's {name}\n" for name in ("config.yaml", "overrides.yaml")}
+    (out / ".hydra").mkdir()
+    for name, text in live.items():
+        (out / ".hydra" / name).write_text(text)
     result = _run(_overrides(tmp_path / "data", out), tmp_path)
     assert result.returncode == 2 and "is in use by another samft run" in result.stderr
     assert f"pid {os.getppid()}" in result.stderr and "Traceback" not in result.stderr
+    # the refused run wrote nothing into the live run's folder: its record is intact
+    assert {p.name for p in out.iterdir()} == {LOCK_NAME, ".hydra"}
+    assert {n: (out / ".hydra" / n).read_text() for n in live} == live
+    assert not (out / ".hydra" / "hydra.yaml").exists()
 
 
 def test_ckpt_path_to_weights_file_is_explained(tmp_path):

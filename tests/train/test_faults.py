@@ -102,7 +102,7 @@ def test_signal_saves_last_ckpt_then_stops(tmp_path, signum):
     with pytest.raises(SIGTERMException):
         trainer.fit(Toy(signal_at=2, signum=signum))
     assert saver.received == signum
-    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 3, "the step in flight finished, then the run stopped"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 

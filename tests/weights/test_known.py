@@ -8,7 +8,9 @@ import functools
 import hashlib
 import http.server
 import io
+import os
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -229,3 +231,73 @@ def test_weights_command_adds_a_checked_file_and_lists_it(tiny_file, tmp_path, m
     cfg.add, cfg.file = "sam_vit_x", None
     with pytest.raises(CheckpointError, match="add=sam_vit_x: not a known weights name"):
         weights(cfg)
+
+
+def _fetched_tiny(server, tiny_file, tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """`tiny_test` fetched into a fresh cache: (cache folder, cached file)."""
+    root, url = server
+    data, _ = tiny_file
+    (root / "tiny.pth").write_bytes(data)
+    entry = dataclasses.replace(
+        KNOWN_WEIGHTS["sam_vit_b"],
+        name="tiny_test",
+        variant="tiny",
+        url=f"{url}/tiny.pth",
+        sha256=_sha(data),
+        size=len(data),
+        filename="tiny_test.pth",
+    )
+    _register(monkeypatch, entry)
+    cache = tmp_path / "cache"
+    cached = resolve_checkpoint("tiny_test", cache)
+    return cache, cached
+
+
+def test_a_cached_file_replaced_after_its_fetch_is_refused(
+    server, tiny_file, tmp_path, monkeypatch
+):
+    cache, cached = _fetched_tiny(server, tiny_file, tmp_path, monkeypatch)
+    torch.manual_seed(1)
+    save_sam(build_sam("tiny"), tmp_path / "other.pth")  # another model, same shapes
+    os.replace(tmp_path / "other.pth", cached)
+    with pytest.raises(CheckpointError, match="replaced or damaged") as caught:
+        load_sam("tiny_test", cache_dir=cache)
+    assert str(cached) in str(caught.value) and "weights fetch=tiny_test" in str(caught.value)
+    known_module.fetch(KNOWN_WEIGHTS["tiny_test"], cache)  # what the message says to do
+    _, model = tiny_file
+    loaded = load_sam("tiny_test", cache_dir=cache)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_cached_file_is_hashed_again_only_when_it_changed(
+    server, tiny_file, tmp_path, monkeypatch
+):
+    # checks seem to happen 10 s after the fetch, past the window where file times can lie
+    monkeypatch.setattr(known_module, "_now_ns", lambda: time.time_ns() + 10**10)
+    cache, cached = _fetched_tiny(server, tiny_file, tmp_path, monkeypatch)
+    hashed = []
+    real = known_module.file_sha256
+    monkeypatch.setattr(known_module, "file_sha256", lambda p: hashed.append(p) or real(p))
+    assert resolve_checkpoint("tiny_test", cache) == cached
+    assert resolve_checkpoint("tiny_test", cache) == cached
+    assert hashed == []  # its stamp vouches for it
+    os.utime(cached, ns=(0, 0))  # touched: same bytes, hashed once more, then trusted again
+    assert resolve_checkpoint("tiny_test", cache) == cached
+    assert resolve_checkpoint("tiny_test", cache) == cached
+    assert hashed == [cached]
+
+
+def test_a_cached_file_changed_in_place_at_once_is_still_caught(
+    server, tiny_file, tmp_path, monkeypatch
+):
+    """A rewrite within the file system's time granularity keeps the stat: hashed anyway."""
+    cache, cached = _fetched_tiny(server, tiny_file, tmp_path, monkeypatch)
+    data = cached.read_bytes()
+    cached.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit flipped in place
+    with pytest.raises(CheckpointError, match="replaced or damaged"):
+        resolve_checkpoint("tiny_test", cache)
+
+
+def test_weights_add_of_a_missing_file_names_it(tmp_path):
+    with pytest.raises(CheckpointError, match=r"file=.*missing\.pth: no such file"):
+        copy_into_cache(KNOWN_WEIGHTS["sam_vit_b"], tmp_path / "missing.pth", tmp_path / "c")
