@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import shlex
 import signal
 from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -80,6 +82,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     try:
         if cfg.validate_before_training and not ckpt_path:
             baseline = trainer.validate(module, datamodule=datamodule, verbose=False)
+            if _signal_received(trainer) is not None:  # came after the last validation batch
+                raise SIGTERMException
             if trainer.is_global_zero and baseline:
                 _write_json(output_dir / "baseline_metrics.json", baseline[0])
                 miou = baseline[0].get("val/miou", float("nan"))
@@ -93,7 +97,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
             "anything from a checkpoint; resume from another checkpoint of the run"
         ) from None
     except SIGTERMException:
-        raise SystemExit(_signal_exit_code(trainer)) from None
+        raise SystemExit(_signal_exit_code(trainer, output_dir)) from None
     for callback in trainer.checkpoint_callbacks:
         if callback.save_last and callback.dirpath:
             # the periodic saves may stop short of the final step: make last.ckpt the end state
@@ -114,13 +118,41 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     return metrics
 
 
-def _signal_exit_code(trainer: L.Trainer) -> int:
-    """128 + the signal that stopped the run (SIGTERM when no `SaveOnSignal` saw it)."""
+def _signal_received(trainer: L.Trainer) -> int | None:
     received = [c.received for c in trainer.callbacks if isinstance(c, SaveOnSignal)]
-    signum = next((s for s in received if s is not None), int(signal.SIGTERM))
+    return next((s for s in received if s is not None), None)
+
+
+def _signal_exit_code(trainer: L.Trainer, output_dir: Path) -> int:
+    """128 + the signal that stopped the run (SIGTERM when no `SaveOnSignal` saw it); logs
+    what was kept and the command that carries on."""
+    signum = _signal_received(trainer) or int(signal.SIGTERM)
     name = signal.Signals(signum).name
-    log.error("run stopped by %s at step %d; resume with ckpt_path=", name, trainer.global_step)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if trainer.state.fn == "validate" or not last.is_file():
+        log.error(
+            "run stopped by %s before training started (zero-shot validation); nothing to "
+            "resume: run the same command again",
+            name,
+        )
+    else:
+        log.error(
+            "run stopped by %s at step %d; %s is kept. Resume with:\n  %s",
+            name,
+            trainer.global_step,
+            last,
+            resume_command(output_dir, last),
+        )
     return 128 + signum
+
+
+def resume_command(output_dir: Path, checkpoint: Path) -> str:
+    """`python -m samft train <this run's overrides> hydra.run.dir=<run> ckpt_path=<ckpt>`:
+    the run continues in its own folder."""
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    kept = [o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
+    words = [*kept, f"hydra.run.dir={output_dir}", f"ckpt_path={checkpoint}"]
+    return "python -m samft train " + " ".join(shlex.quote(w) for w in words)
 
 
 def _resumes_in(ckpt_path: str | None, output_dir: Path) -> bool:

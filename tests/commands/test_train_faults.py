@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from demo_cli import demo_overrides, run_samft
+from demo_cli import demo_overrides, run_samft, signal_self
 
 from samft.train.run_lock import LOCK_NAME
 
@@ -58,6 +58,49 @@ def test_sigterm_saves_last_ckpt_and_exits_143(tmp_path):
     assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
     saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] > 0
+    assert not (out / "final_metrics.json").exists() and not (out / LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize(
+    "phase, signum",
+    [("validate", signal.SIGTERM), ("fit_validation", signal.SIGTERM), ("fit", signal.SIGUSR1)],
+)
+def test_a_signal_in_any_phase_of_a_run_ends_it_non_zero(tmp_path, phase, signum):
+    """The zero-shot validation before training, training, and validation inside training:
+    the run stops there with 128 + the signal, keeps what it did, and says how to go on."""
+    out = tmp_path / "run"
+    args = _overrides(
+        tmp_path / "data", out, "trainer.max_epochs=3", *signal_self(signum, phase, step=3)
+    )
+    result = _run(args, tmp_path)
+    said = result.stdout + result.stderr
+    assert result.returncode == 128 + signum, said[-3000:]
+    assert not (out / "final_metrics.json").exists() and not (out / LOCK_NAME).exists()
+    assert "Traceback" not in said
+    if phase == "validate":  # nothing trained: nothing saved, nothing to resume
+        assert not (out / "checkpoints").exists() or not list((out / "checkpoints").glob("*.ckpt"))
+        assert "before training started" in said
+        return
+    last = out / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] >= 3
+    command = said.split("Resume with:")[1].split("\n")[1].strip()
+    assert command.startswith("python -m samft train +experiment=demo")
+    assert command.endswith(f"hydra.run.dir={out} ckpt_path={last}")
+
+
+def test_a_second_ctrl_c_stops_at_once_with_130(tmp_path):
+    out = tmp_path / "run"
+    args = _overrides(
+        tmp_path / "data",
+        out,
+        "trainer.max_epochs=3",
+        "validate_before_training=false",
+        *signal_self(signal.SIGINT, "fit", step=1, times=2),
+    )
+    result = _run(args, tmp_path)
+    said = result.stdout + result.stderr
+    assert result.returncode == 130, said[-3000:]
+    assert "second interrupt: stopping now, without saving" in said
     assert not (out / "final_metrics.json").exists() and not (out / LOCK_NAME).exists()
 
 

@@ -10,6 +10,12 @@ stop always lands between two optimizer steps, and on that exception writes
 
 A handler already installed for SIGUSR1 (Lightning's SLURM auto-requeue: it saves an
 `hpc_ckpt_*.ckpt` and requeues the job) is called first, then the run stops as above.
+
+A run of `trainer.validate` alone (the zero-shot validation before training) listens too:
+Lightning's validation loop never looks at its stop flag, so the signal would otherwise be
+forgotten when `fit` starts. There the stop lands after the batch in flight, with
+`SIGTERMException`, and nothing is saved (nothing was trained). A second SIGINT stops at
+once, without saving, and the process exits 130.
 """
 
 from __future__ import annotations
@@ -38,8 +44,21 @@ class SaveOnSignal(L.Callback):
         self._trainer: L.Trainer | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._listen(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":  # inside fit, on_train_start has listened already
+            self._listen(trainer)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if self.received is not None and trainer.state.fn == "validate":
+            raise SIGTERMException  # Lightning's own stop, as in the training loop
+
+    def _listen(self, trainer: L.Trainer) -> None:
         # after Lightning registered its SIGTERM (and SLURM SIGUSR1) handlers: chain them
         self._trainer = trainer
+        if self._previous:
+            return
         for signum in self.signals:
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -49,16 +68,18 @@ class SaveOnSignal(L.Callback):
     def _handle(self, signum: int, frame: Any) -> None:
         first = self.received is None
         if signum == signal.SIGINT and not first:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
+            log.warning("second interrupt: stopping now, without saving")
+            raise SystemExit(128 + signal.SIGINT)  # Lightning re-raises it: the process exits 130
         self.received = signum if first else self.received
         previous = self._previous.get(signum)
         if signum != signal.SIGINT and callable(previous):
             previous(signum, frame)  # Lightning's: kills DDP children, SLURM requeue
         if first:
+            validating = self._trainer is not None and self._trainer.state.fn == "validate"
             log.warning(
-                "received %s: stopping after the current step, saving %s",
+                "received %s: stopping after the current %s",
                 signal.Signals(signum).name,
-                self.path,
+                "validation batch" if validating else f"step, saving {self.path}",
             )
         trainer = self._trainer
         if trainer is not None:
