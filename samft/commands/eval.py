@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, MissingMandatoryValue, OmegaConf
 
 from samft.commands.accelerator import check_accelerator, warn_bf16_on_cpu
 from samft.commands.eval_instance import evaluate_instances
+from samft.commands.schema import TRAINER_BOUNDS, check_group
 from samft.evaluate.prompted import evaluate_checkpoint
 from samft.evaluate.report import build_report, format_table
 from samft.io.files import prepare_output_dir, write_json_atomic
@@ -191,6 +192,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.mode == "instance":
         return evaluate_instances(cfg, checkpoints, spec, source)
     warn_bf16_on_cpu(cfg.trainer)  # only the prompted scores run under trainer.precision
+    check_group(cfg.trainer, "trainer", TRAINER_BOUNDS)
     trainer_options = OmegaConf.to_container(cfg.trainer, resolve=True) if cfg.trainer else {}
     trainer_options.pop("_target_", None)
     # nested `_target_` specs (plugins, a strategy) become objects, as `samft train` builds them

@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from samft.commands.schema import AUTOMATIC_MASK_SETTINGS, check_settings
 from samft.evaluate.automatic import evaluate_automatic
 from samft.evaluate.instance_report import (
     build_instance_report,
@@ -92,6 +93,7 @@ def evaluate_instances(
 ) -> dict[str, Any]:
     """Instance mode of `samft eval`; returns the JSON report."""
     opts = cfg.instance
+    check_settings(opts, AUTOMATIC_MASK_SETTINGS, "instance.")
     ious = grid_values(opts.pred_iou_thresh, opts.pred_iou_threshs, "pred_iou_thresh")
     stabilities = grid_values(
         opts.stability_score_thresh, opts.stability_score_threshs, "stability_score_thresh"

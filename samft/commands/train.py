@@ -29,6 +29,7 @@ from samft.commands.common import (
 from samft.commands.quiet import quiet_library_noise
 from samft.commands.run_config import write_run_config
 from samft.commands.run_summary import run_summary
+from samft.commands.schema import TRAINER_BOUNDS, check_group
 from samft.io.atomic import previous_of
 from samft.train.callbacks import SaveOnSignal
 from samft.train.run_lock import RunLock, is_launcher_process
@@ -58,6 +59,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         write_run_config(cfg, output_dir)
     try:
         log.info("output directory: %s", output_dir)
+        check_group(cfg.trainer, "trainer", TRAINER_BOUNDS)
         check_accelerator(cfg.trainer)
         warn_bf16_on_cpu(cfg.trainer)
         return _train(cfg, output_dir)

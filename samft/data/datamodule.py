@@ -49,6 +49,11 @@ def as_prompt_sampler(value: PromptSampler | Mapping[str, Any] | None, name: str
     raise DataError(f"{name}: expected a PromptSampler or a mapping, got {type(value).__name__}")
 
 
+def _check_at_least(key: str, value: float, low: float) -> None:
+    if not value >= low:  # NaN fails too
+        raise DataError(f"{key}={value}: must be >= {low}")
+
+
 class SamDataModule(L.LightningDataModule):
     """Datasets and loaders of one experiment.
 
@@ -99,14 +104,19 @@ class SamDataModule(L.LightningDataModule):
         automatic_points_per_image: int = 0,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise DataError(f"data.batch_size = {batch_size}; expected >= 1")
-        if num_workers < 0:
-            raise DataError(f"data.num_workers = {num_workers}; expected >= 0")
-        if automatic_points_per_image < 0:
-            raise DataError(
-                f"data.automatic_points_per_image = {automatic_points_per_image}; expected >= 0"
-            )
+        _check_at_least("data.batch_size", batch_size, 1)
+        _check_at_least("data.num_workers", num_workers, 0)
+        _check_at_least("data.automatic_points_per_image", automatic_points_per_image, 0)
+        _check_at_least("data.min_area", min_area, 0)
+        _check_at_least("data.image_size", image_size, 16)
+        for key, value in (
+            ("data.max_objects_per_image", max_objects_per_image),
+            ("data.val_max_objects_per_image", val_max_objects_per_image),
+        ):
+            if value is not None:
+                _check_at_least(key, value, 1)
+        if not 0 < max_area_fraction <= 1:
+            raise DataError(f"data.max_area_fraction={max_area_fraction}: must be in (0, 1]")
         self.specs = {"train": train, "val": val, "test": test}
         self.image_size = int(image_size)
         self.resize_interpolation = resize_interpolation

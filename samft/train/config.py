@@ -12,7 +12,17 @@ import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from samft.train.bounds import (
+    AT_LEAST_ONE,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY_BELOW_ONE,
+    Bounds,
+    check_bounds,
+)
 
 ENCODER_MODES = ("frozen", "lora", "full")
 CLICK_MODES = ("random", "center")
@@ -31,6 +41,8 @@ class ModelConfig:
     activation_checkpointing: bool = False
     compile: bool | str = False  # torch.compile encoder and decoder; a string names the backend
 
+    BOUNDS: ClassVar[dict[str, Bounds]] = {"image_size": Bounds(16, 4096)}
+
 
 @dataclass
 class FinetuneConfig:
@@ -43,6 +55,12 @@ class FinetuneConfig:
     lora_alpha: float = 8.0
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["qkv"])
+
+    BOUNDS: ClassVar[dict[str, Bounds]] = {
+        "lora_rank": AT_LEAST_ONE,
+        "lora_alpha": POSITIVE,
+        "lora_dropout": PROBABILITY_BELOW_ONE,
+    }
 
     def __post_init__(self) -> None:
         _one_of("finetune.image_encoder", self.image_encoder, ENCODER_MODES)
@@ -81,6 +99,12 @@ class InteractiveConfig:
     loss_rounds: str = "all"
     val_clicks: list[int] = field(default_factory=lambda: [1, 3, 5])
 
+    BOUNDS: ClassVar[dict[str, Bounds]] = {
+        "correction_rounds": NON_NEGATIVE,
+        "mask_only_rounds": NON_NEGATIVE,
+        "val_clicks": AT_LEAST_ONE,
+    }
+
     def __post_init__(self) -> None:
         _one_of("interactive.loss_rounds", self.loss_rounds, LOSS_ROUNDS)
         _one_of("interactive.click_mode", self.click_mode, CLICK_MODES)
@@ -104,6 +128,15 @@ class LossConfig:
     supervise_all_iou: bool = True
     automatic_weight: float = 1.0
 
+    BOUNDS: ClassVar[dict[str, Bounds]] = {
+        "focal_weight": NON_NEGATIVE,
+        "dice_weight": NON_NEGATIVE,
+        "iou_weight": NON_NEGATIVE,
+        "alpha": FRACTION,
+        "gamma": NON_NEGATIVE,
+        "automatic_weight": NON_NEGATIVE,
+    }
+
     def sam_loss_arguments(self) -> dict:
         """The fields `SamLoss` takes."""
         values = dataclasses.asdict(self)
@@ -125,6 +158,8 @@ def value_fits(value: Any, annotation: Any) -> bool:
         return any(value_fits(value, arg) for arg in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
     if origin in (list, tuple):
         return isinstance(value, Sequence) and not isinstance(value, str)
     if annotation is float:
@@ -153,4 +188,5 @@ def as_config(cls: type, value: Any, group: str) -> Any:
         if not value_fits(item, hints[key]):
             expected = getattr(hints[key], "__name__", None) or str(hints[key])
             raise ValueError(f"{group}.{key}={item!r}: expected {expected.replace('typing.', '')}")
+    check_bounds(value, getattr(cls, "BOUNDS", {}), group)
     return cls(**value)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+
+from samft.train.bounds import FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY_BELOW_ONE, Bounds
 
 # Parameters whose name contains one of these never get weight decay: position embeddings
 # (absolute and relative), TinyViT's attention biases and the learned prompt embeddings are
@@ -45,6 +48,16 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     step_milestones: list[float] = field(default_factory=lambda: [0.9, 0.96])
     step_gamma: float = 0.1
+
+    BOUNDS: ClassVar[dict[str, Bounds]] = {
+        "weight_decay": NON_NEGATIVE,
+        "betas": PROBABILITY_BELOW_ONE,
+        "eps": POSITIVE,
+        "warmup_steps": NON_NEGATIVE,
+        "min_lr_ratio": FRACTION,
+        "step_milestones": FRACTION,
+        "step_gamma": Bounds(0, 1, low_open=True),
+    }
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "step", "constant"):

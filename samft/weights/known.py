@@ -28,6 +28,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from samft.io.files import sha256_file
 from samft.weights.files import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ def verify_cached(entry: KnownWeights, path: Path) -> Path:
     stamp = _read_stamp(path)
     if _vouches_for(stamp, path, expected_digest(entry)):
         return path
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     if digest != expected_digest(entry):
         raise CheckpointError(
             f"the cached {entry.name} weights {path} have sha256 {digest}, expected "
@@ -189,14 +190,6 @@ def verify_cached(entry: KnownWeights, path: Path) -> Path:
         )
     _write_stamp(path, digest)
     return path
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _stamp_path(path: Path) -> Path:
@@ -344,7 +337,7 @@ def copy_into_cache(entry: KnownWeights, file: str | Path, root: str | Path | No
     file = Path(file)
     if not file.is_file():
         raise CheckpointError(f"file={file}: no such file; give the path of the {entry.name} file")
-    digest = file_sha256(file)
+    digest = sha256_file(file)
     expected = expected_digest(entry)
     if digest != expected:
         raise CheckpointError(f"{file} is not {entry.name}: sha256 {digest}, expected {expected}")

@@ -276,8 +276,8 @@ def test_a_cached_file_is_hashed_again_only_when_it_changed(
     monkeypatch.setattr(known_module, "_now_ns", lambda: time.time_ns() + 10**10)
     cache, cached = _fetched_tiny(server, tiny_file, tmp_path, monkeypatch)
     hashed = []
-    real = known_module.file_sha256
-    monkeypatch.setattr(known_module, "file_sha256", lambda p: hashed.append(p) or real(p))
+    real = known_module.sha256_file
+    monkeypatch.setattr(known_module, "sha256_file", lambda p: hashed.append(p) or real(p))
     assert resolve_checkpoint("tiny_test", cache) == cached
     assert resolve_checkpoint("tiny_test", cache) == cached
     assert hashed == []  # its stamp vouches for it
