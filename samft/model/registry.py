@@ -116,6 +116,7 @@ class Sam2HyperParams(_SharedHyperParams):
     window_pos_embed_bkg_spatial_size: tuple[int, int] = (14, 14)
     fpn_top_down_levels: tuple[int, ...] = (2, 3)
     q_pool: int = 3
+    drop_path_rate: float = 0.0  # Hiera's stochastic depth in training (Meta fine-tunes at 0.1)
     pred_obj_scores_mlp: bool = True
     dynamic_multimask_via_stability: bool = True  # Meta's build_sam2 default
 
@@ -329,6 +330,7 @@ def build_sam2_model(
         window_spec=hp.window_spec,
         window_pos_embed_bkg_spatial_size=hp.window_pos_embed_bkg_spatial_size,
         q_pool=hp.q_pool,
+        drop_path_rate=hp.drop_path_rate,
         activation_checkpointing=activation_checkpointing,
     )
     neck = FpnNeck(

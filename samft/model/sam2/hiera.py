@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from samft.model.image_encoder import window_partition, window_unpartition
+from samft.model.tiny_vit_blocks import DropPath
 
 NORM_EPS = 1e-6
 
@@ -43,6 +44,8 @@ class Hiera(nn.Module):
         q_stride: pooling stride at a transition.
         dim_mul, head_mul: width and head multipliers at a transition.
         mlp_ratio: MLP hidden width over block width.
+        drop_path_rate: stochastic depth of the last block in training, rising linearly
+            from 0 at the first (Meta's fine-tuning recipe uses 0.1; eval ignores it).
         activation_checkpointing: recompute each block in the backward pass (training
             with autograd only; the outputs are the same).
     """
@@ -60,6 +63,7 @@ class Hiera(nn.Module):
         dim_mul: float = 2.0,
         head_mul: float = 2.0,
         mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
         activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
@@ -83,7 +87,8 @@ class Hiera(nn.Module):
 
         blocks = []
         dim, stage = embed_dim, 0
-        for i in range(sum(stages)):
+        depth = sum(stages)
+        for i in range(depth):
             # a stage's first block still uses the previous stage's window: its queries
             # are pooled inside that window, down to the new stage's grid
             window = 0 if i in global_att_blocks else self.window_spec[stage]
@@ -100,6 +105,7 @@ class Hiera(nn.Module):
                     mlp_ratio=mlp_ratio,
                     q_stride=q_stride if i in pooled else None,
                     window_size=window,
+                    drop_path=drop_path_rate * i / max(depth - 1, 1),
                 )
             )
             dim = dim_out
@@ -163,6 +169,7 @@ class MultiScaleBlock(nn.Module):
         mlp_ratio: float = 4.0,
         q_stride: int | None = None,
         window_size: int = 0,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -171,6 +178,7 @@ class MultiScaleBlock(nn.Module):
         self.q_stride = q_stride
         self.norm1 = nn.LayerNorm(dim, eps=NORM_EPS)
         self.attn = MultiScaleAttention(dim, dim_out, num_heads, q_stride)
+        self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim_out, eps=NORM_EPS)
         self.mlp = HieraMLP(dim_out, int(dim_out * mlp_ratio))
         if dim != dim_out:
@@ -193,8 +201,8 @@ class MultiScaleBlock(nn.Module):
                 padded = (padded[0] // self.q_stride, padded[1] // self.q_stride)
             x = window_unpartition(x, window, padded, tuple(shortcut.shape[1:3]))
 
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        x = shortcut + self.drop_path(x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class MultiScaleAttention(nn.Module):
