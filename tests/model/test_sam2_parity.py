@@ -103,19 +103,26 @@ def test_meta_video_predictor_loads_samft_export_strictly(meta, tiny_pair):
         assert torch.equal(video.state_dict()[key], tensor), key
 
 
-def test_carried_parts_follow_the_model_and_strictness(tiny_pair):
-    ours, ref = tiny_pair
+def test_carried_parts_strictness_and_dtype(tiny_pair):
+    _, ref = tiny_pair
     fresh = build_sam("sam2_tiny")
     assert len(fresh.video_parts) == 0
-    image_only = {k: v for k, v in ref.state_dict().items() if not k.startswith("memory_")}
-    fresh.load_state_dict(image_only, strict=True)  # a checkpoint without them loads
-    fresh.load_state_dict(ref.state_dict(), strict=True)  # and one with them
-    missing = fresh.load_state_dict(image_only, strict=False).missing_keys
+    without_memory = {k: v for k, v in ref.state_dict().items() if not k.startswith("memory_")}
+    fresh.load_state_dict(without_memory, strict=True)  # takes the video parts it is given
+    fresh.load_state_dict(ref.state_dict(), strict=True)
+    # once carried, they are part of the model: a state dict without them misses them
+    missing = fresh.load_state_dict(without_memory, strict=False).missing_keys
     assert missing and all(k.startswith("memory_") for k in missing)
     with pytest.raises(RuntimeError, match="memory_attention"):
-        fresh.load_state_dict(image_only, strict=True)
-    moved = fresh.to(torch.float64)
-    assert all(t.dtype == torch.float64 for _, t in moved.video_parts.items())
+        fresh.load_state_dict(without_memory, strict=True)
+    # nested (as in a LightningModule) and cast: they come back as they were loaded
+    holder = nn.ModuleDict({"model": fresh.to(torch.float64)})
+    exported = holder.state_dict()
+    for key, tensor in ref.state_dict().items():
+        if is_video_part(key):
+            assert torch.equal(exported[f"model.{key}"], tensor)
+            assert exported[f"model.{key}"].dtype == torch.float32
+    holder.load_state_dict(exported, strict=True)
 
 
 # --- image encoder --------------------------------------------------------------------------

@@ -79,7 +79,7 @@ class Sam2(nn.Module):
         dim = sam_mask_decoder.transformer_dim
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.no_mem_embed, std=0.02)
-        self.video_parts = CarriedTensors()
+        self.video_parts = CarriedTensors()  # not a module: never moved, cast or trained
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -197,7 +197,7 @@ class Sam2(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        missing_keys.extend(self.video_parts.take(state_dict, prefix, self.device))
+        missing_keys.extend(self.video_parts.take(state_dict, prefix))
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -206,4 +206,4 @@ class Sam2(nn.Module):
         self, destination: MutableMapping[str, Any], prefix: str, keep_vars: bool
     ) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        self.video_parts.put(destination, prefix, keep_vars)
+        self.video_parts.put(destination, prefix)
