@@ -102,4 +102,4 @@ class Sam2ImageEncoder(nn.Module):
 def feature_sizes(image_size: int, num_levels: int = 3) -> list[tuple[int, int]]:
     """The (h, w) of the image model's levels for an `image_size` square input, highest
     resolution first: S/4, S/8, S/16 for the default three."""
-    return [(image_size // 4 >> i, image_size // 4 >> i) for i in range(num_levels)]
+    return [(image_size // (4 << i),) * 2 for i in range(num_levels)]
