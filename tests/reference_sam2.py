@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from samft.infer.mask_ops import batched_nms
+
 TORCHVISION_MODULES = (
     "torchvision",
     "torchvision.transforms",
@@ -80,25 +82,6 @@ class Normalize(nn.Module):
 def box_area(boxes: Tensor) -> Tensor:
     """`N x 4` (x0, y0, x1, y1) -> `N` areas."""
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-
-
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy non-maximum suppression within each category `idxs`: the kept indices,
-    highest score first (torchvision's result, in plain torch)."""
-    order = scores.argsort(descending=True)
-    keep: list[int] = []
-    suppressed = torch.zeros(len(boxes), dtype=torch.bool)
-    areas = box_area(boxes)
-    for i in order.tolist():
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        top_left = torch.maximum(boxes[i, :2], boxes[:, :2])
-        bottom_right = torch.minimum(boxes[i, 2:], boxes[:, 2:])
-        inter = (bottom_right - top_left).clamp(min=0).prod(dim=1)
-        iou = inter / (areas[i] + areas - inter)
-        suppressed |= (iou > iou_threshold) & (idxs == idxs[i])
-    return torch.tensor(keep, dtype=torch.long)
 
 
 def _install_torchvision_stand_in() -> bool:
