@@ -1,6 +1,6 @@
 """The one place where SAM variants are wired: hyper-parameters and `build_sam`.
 
-Two encoder families share the prompt encoder and mask decoder:
+Three encoder families; the first two share the prompt encoder and mask decoder:
 
 * `SamHyperParams` (`encoder == "vit"`): SAM's ViT. `vit_b`, `vit_l` and `vit_h` carry the
   official hyper-parameters; `tiny` is ours, small enough to train from scratch on a CPU
@@ -8,12 +8,18 @@ Two encoder families share the prompt encoder and mask decoder:
 * `TinyViTHyperParams` (`encoder == "tiny_vit"`): `vit_t` is MobileSAM (1024 px, SAM's
   pixel mean/std); `lite_medsam` is LiteMedSAM (256 px, 1x1 stem, per-image min-max
   scaling, decoder as SAM's).
+* `Sam2HyperParams` (`encoder == "hiera"`): SAM 2's image model (`samft.model.sam2.Sam2`:
+  Hiera + FPN, SAM's prompt encoder, SAM 2's mask decoder; square resize, ImageNet
+  statistics). `sam2.1_hiera_t|s|b+|l` carry Meta's SAM 2.1 hyper-parameters; SAM 2.0's
+  `sam2_hiera_*` have the same image model (2.0 and 2.1 differ only in the video parts,
+  which `Sam2` carries unchanged: 2.1 adds `no_obj_embed_spatial` and
+  `obj_ptr_tpos_proj`). `sam2_tiny` is ours, small enough for tests on a CPU.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import prod
+from math import lcm, prod
 from typing import ClassVar
 
 from torch import nn
@@ -22,6 +28,10 @@ from samft.model.image_encoder import ImageEncoderViT
 from samft.model.mask_decoder import MaskDecoder
 from samft.model.prompt_encoder import PromptEncoder
 from samft.model.sam import PIXEL_MEAN, PIXEL_STD, Sam
+from samft.model.sam2.hiera import Hiera
+from samft.model.sam2.image_encoder import FpnNeck, Sam2ImageEncoder
+from samft.model.sam2.mask_decoder import Sam2MaskDecoder, two_way_transformer
+from samft.model.sam2.model import Sam2
 from samft.model.tiny_vit import STEMS, TinyViT
 from samft.model.transformer import TwoWayTransformer
 
@@ -86,7 +96,42 @@ class TinyViTHyperParams(_SharedHyperParams):
         return STEMS[self.stem][1] ** 2 * prod(self.merge_strides)
 
 
-VariantHyperParams = SamHyperParams | TinyViTHyperParams
+@dataclass(frozen=True, kw_only=True)
+class Sam2HyperParams(_SharedHyperParams):
+    """Everything that fixes a SAM 2 image model (see `Hiera`, `FpnNeck`, `Sam2MaskDecoder`).
+
+    `prompt_embed_dim` is also the FPN width (`d_model`); the decoder fields keep SAM's
+    values, which SAM 2 hard-codes.
+    """
+
+    encoder: ClassVar[str] = "hiera"
+
+    normalization: str = "imagenet"  # [0, 1] pixels, ImageNet mean/std (`Sam2.preprocess`)
+    resize_interpolation: str = "bilinear_antialias"  # to the S x S square, aspect not kept
+    embed_dim: int
+    num_heads: int
+    stages: tuple[int, ...]
+    global_att_blocks: tuple[int, ...]
+    window_spec: tuple[int, ...] = (8, 4, 14, 7)
+    window_pos_embed_bkg_spatial_size: tuple[int, int] = (14, 14)
+    fpn_top_down_levels: tuple[int, ...] = (2, 3)
+    q_pool: int = 3
+    drop_path_rate: float = 0.0  # Hiera's stochastic depth in training (Meta fine-tunes at 0.1)
+    pred_obj_scores_mlp: bool = True
+    dynamic_multimask_via_stability: bool = True  # Meta's build_sam2 default
+
+    @property
+    def embedding_stride(self) -> int:
+        """Input pixels per image-embedding cell (the S/16 level the decoder attends to)."""
+        return 16
+
+    @property
+    def size_multiple(self) -> int:
+        """The input side must divide into whole stage-1 windows and whole pooled grids."""
+        return 4 * lcm(self.window_spec[0], 2**self.q_pool)
+
+
+VariantHyperParams = SamHyperParams | TinyViTHyperParams | Sam2HyperParams
 
 # TinyViT-5M as MobileSAM and LiteMedSAM use it.
 _TINY_VIT_5M = {
@@ -121,6 +166,50 @@ VARIANTS: dict[str, VariantHyperParams] = {
         normalization="min_max",
         resize_interpolation="area",
     ),
+    **{
+        f"sam2{version}_hiera_{size}": hp
+        for version in ("", ".1")
+        for size, hp in {
+            "t": Sam2HyperParams(
+                embed_dim=96,
+                num_heads=1,
+                stages=(1, 2, 7, 2),
+                global_att_blocks=(5, 7, 9),
+                window_pos_embed_bkg_spatial_size=(7, 7),
+            ),
+            "s": Sam2HyperParams(
+                embed_dim=96,
+                num_heads=1,
+                stages=(1, 2, 11, 2),
+                global_att_blocks=(7, 10, 13),
+                window_pos_embed_bkg_spatial_size=(7, 7),
+            ),
+            "b+": Sam2HyperParams(
+                embed_dim=112,
+                num_heads=2,
+                stages=(2, 3, 16, 3),
+                global_att_blocks=(12, 16, 20),
+            ),
+            "l": Sam2HyperParams(
+                embed_dim=144,
+                num_heads=2,
+                stages=(2, 6, 36, 4),
+                global_att_blocks=(23, 33, 43),
+                window_spec=(8, 4, 16, 8),
+                window_pos_embed_bkg_spatial_size=(7, 7),
+            ),
+        }.items()
+    },
+    "sam2_tiny": Sam2HyperParams(
+        embed_dim=16,
+        num_heads=2,
+        stages=(1, 1, 2, 1),
+        global_att_blocks=(3,),
+        window_spec=(8, 4, 4, 4),
+        window_pos_embed_bkg_spatial_size=(4, 4),
+        prompt_embed_dim=64,
+        image_size=256,
+    ),
 }
 
 
@@ -134,11 +223,11 @@ def get_hyper_params(variant: str) -> VariantHyperParams:
         ) from None
 
 
-def _check_image_size(variant: str, image_size: int, stride: int) -> None:
-    if image_size <= 0 or image_size % stride:
+def _check_image_size(variant: str, image_size: int, multiple: int, what: str) -> None:
+    if image_size <= 0 or image_size % multiple:
         raise ValueError(
-            f"image_size for '{variant}' must be a positive multiple of the patch size "
-            f"{stride}, got {image_size}"
+            f"image_size for '{variant}' must be a positive multiple of {what}{multiple}, "
+            f"got {image_size}"
         )
 
 
@@ -182,16 +271,20 @@ def build_sam(
     variant: str,
     image_size: int | None = None,
     activation_checkpointing: bool = False,
-) -> Sam:
-    """Build a randomly initialised SAM of `variant`, in eval mode.
+) -> Sam | Sam2:
+    """Build a randomly initialised SAM (a `Sam2` for the hiera variants) of `variant`, in
+    eval mode.
 
-    `image_size` None means the variant's default (1024 for vit_* and vit_t, 256 for tiny
-    and lite_medsam). This only builds; `samft.weights.load_sam` builds and loads a
-    checkpoint.
+    `image_size` None means the variant's default (1024 for vit_*, vit_t and sam2*_hiera_*,
+    256 for tiny, lite_medsam and sam2_tiny). This only builds; `samft.weights.load_sam`
+    builds and loads a checkpoint.
     """
     hp = get_hyper_params(variant)
     size = hp.image_size if image_size is None else int(image_size)
-    _check_image_size(variant, size, hp.embedding_stride)
+    if isinstance(hp, Sam2HyperParams):
+        _check_image_size(variant, size, hp.size_multiple, "")
+        return build_sam2_model(hp, size, activation_checkpointing)
+    _check_image_size(variant, size, hp.embedding_stride, "the patch size ")
     grid = size // hp.embedding_stride
     image_encoder = build_image_encoder(hp, size, activation_checkpointing)
     prompt_encoder = PromptEncoder(
@@ -223,3 +316,46 @@ def build_sam(
     )
     sam.eval()
     return sam
+
+
+def build_sam2_model(
+    hp: Sam2HyperParams, image_size: int, activation_checkpointing: bool = False
+) -> Sam2:
+    """The SAM 2 image model of `hp` for `image_size` px inputs (random weights, eval mode)."""
+    trunk = Hiera(
+        embed_dim=hp.embed_dim,
+        num_heads=hp.num_heads,
+        stages=hp.stages,
+        global_att_blocks=hp.global_att_blocks,
+        window_spec=hp.window_spec,
+        window_pos_embed_bkg_spatial_size=hp.window_pos_embed_bkg_spatial_size,
+        q_pool=hp.q_pool,
+        drop_path_rate=hp.drop_path_rate,
+        activation_checkpointing=activation_checkpointing,
+    )
+    neck = FpnNeck(
+        d_model=hp.prompt_embed_dim,
+        backbone_channel_list=trunk.channel_list,
+        fpn_top_down_levels=hp.fpn_top_down_levels,
+    )
+    grid = image_size // hp.embedding_stride
+    prompt_encoder = PromptEncoder(
+        embed_dim=hp.prompt_embed_dim,
+        image_embedding_size=(grid, grid),
+        input_image_size=(image_size, image_size),
+        mask_in_chans=hp.mask_in_chans,
+    )
+    mask_decoder = Sam2MaskDecoder(
+        transformer_dim=hp.prompt_embed_dim,
+        transformer=two_way_transformer(
+            hp.decoder_depth, hp.prompt_embed_dim, hp.decoder_num_heads, hp.decoder_mlp_dim
+        ),
+        num_multimask_outputs=hp.num_multimask_outputs,
+        iou_head_depth=hp.iou_head_depth,
+        iou_head_hidden_dim=hp.iou_head_hidden_dim,
+        pred_obj_scores_mlp=hp.pred_obj_scores_mlp,
+        dynamic_multimask_via_stability=hp.dynamic_multimask_via_stability,
+    )
+    sam2 = Sam2(Sam2ImageEncoder(trunk, neck), prompt_encoder, mask_decoder, image_size)
+    sam2.eval()
+    return sam2

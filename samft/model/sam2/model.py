@@ -1,0 +1,209 @@
+"""`Sam2`: SAM 2's image model (Hiera encoder, prompt encoder, mask decoder) and the pixel
+pre- and post-processing around it.
+
+Frames: the *original* image (H x W) is resized, without keeping its aspect ratio, to the
+`S x S` square the encoder sees (the *input* frame): x scales by S / W, y by S / H
+(`transform_coords`). Low-res logits are `S/4 x S/4` over that square and
+`postprocess_masks` resizes them straight back to H x W. Pixels go to [0, 1], are resized
+bilinearly with antialiasing, then normalised with ImageNet's mean and std.
+
+The state dict is Meta's (`image_encoder.trunk.*`, `image_encoder.neck.*`,
+`sam_prompt_encoder.*`, `sam_mask_decoder.*`, `no_mem_embed`), plus the video model's
+tensors, carried unchanged when a checkpoint has them (`samft.model.sam2.carried`), so an
+export loads strictly in Meta's `build_sam2` and `build_sam2_video_predictor`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from samft.model.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, PromptEncoder
+from samft.model.sam2.carried import CarriedTensors
+from samft.model.sam2.image_encoder import Sam2ImageEncoder
+from samft.model.sam2.mask_decoder import Sam2MaskDecoder
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # of [0, 1] pixels
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LOW_RES_CLAMP = 32.0  # Meta's image predictor clamps the low-res logits it returns to +-this
+
+
+class Sam2Features(NamedTuple):
+    """What `Sam2.encode` gives the decoder for B images (S the input side).
+
+    image_embed: `B x C x S/16 x S/16`, the lowest FPN level kept, `no_mem_embed` added
+    high_res:    (`B x C/8 x S/4 x S/4`, `B x C/4 x S/8 x S/8`): the two higher levels
+                 through the decoder's `conv_s0` / `conv_s1`
+    """
+
+    image_embed: Tensor
+    high_res: tuple[Tensor, Tensor]
+
+
+class Sam2(nn.Module):
+    """SAM 2's image model.
+
+    Args:
+        image_encoder: Hiera trunk and FPN neck (`Sam2ImageEncoder`).
+        sam_prompt_encoder: samft's `PromptEncoder` (SAM 2's is the same).
+        sam_mask_decoder: `Sam2MaskDecoder`.
+        image_size: S, the side of the square input.
+        directly_add_no_mem_embed: add `no_mem_embed` to the image embedding, as SAM 2
+            does for an image without memory (all released configs).
+        pixel_mean, pixel_std: per-channel statistics of [0, 1] pixels (non-persistent).
+    """
+
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
+    def __init__(
+        self,
+        image_encoder: Sam2ImageEncoder,
+        sam_prompt_encoder: PromptEncoder,
+        sam_mask_decoder: Sam2MaskDecoder,
+        image_size: int = 1024,
+        directly_add_no_mem_embed: bool = True,
+        pixel_mean: Sequence[float] = IMAGENET_MEAN,
+        pixel_std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.sam_prompt_encoder = sam_prompt_encoder
+        self.sam_mask_decoder = sam_mask_decoder
+        self.image_size = int(image_size)
+        self.directly_add_no_mem_embed = directly_add_no_mem_embed
+        dim = sam_mask_decoder.transformer_dim
+        self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.no_mem_embed, std=0.02)
+        self.video_parts = CarriedTensors()  # not a module: never moved, cast or trained
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.no_mem_embed.device
+
+    @property
+    def prompt_encoder(self) -> PromptEncoder:
+        """`sam_prompt_encoder`, by the name samft's `Sam` uses."""
+        return self.sam_prompt_encoder
+
+    @property
+    def mask_decoder(self) -> Sam2MaskDecoder:
+        """`sam_mask_decoder`, by the name samft's `Sam` uses."""
+        return self.sam_mask_decoder
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """`B x 3 x H x W` RGB in [0, 255] (uint8 or float, original frame) ->
+        `B x 3 x S x S` normalised input: to [0, 1], resized (bilinear, antialiased),
+        minus mean over std."""
+        x = images.float() / 255
+        size = (self.image_size, self.image_size)
+        x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def encode(self, x: Tensor) -> Sam2Features:
+        """`B x 3 x S x S` preprocessed images -> the decoder's features (`Sam2Features`)."""
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"SAM 2 encoder expects B x 3 x {self.image_size} x {self.image_size} input "
+                f"(Sam2.preprocess resizes to it), got {tuple(x.shape)}"
+            )
+        level0, level1, embed = self.image_encoder(x)
+        if self.directly_add_no_mem_embed:
+            embed = embed + self.no_mem_embed.reshape(1, -1, 1, 1)
+        return Sam2Features(embed, self.sam_mask_decoder.project_high_res(level0, level1))
+
+    def decode(
+        self,
+        features: Sam2Features,
+        point_coords: Tensor | None = None,
+        point_labels: Tensor | None = None,
+        boxes: Tensor | None = None,
+        mask_inputs: Tensor | None = None,
+        multimask_output: bool = True,
+        image_index: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Masks for N prompts, all coordinates in the input frame (S x S, pixels, x y).
+
+        Args:
+            features: `encode` of one image (shared by all prompts) or of B images with
+                `image_index`.
+            point_coords, point_labels: `N x P x 2` and `N x P` (1 positive, 0 negative,
+                -1 padding), or None.
+            boxes: `N x 4` (x0, y0, x1, y1), or None. A box becomes two points labelled
+                2 and 3 before the clicks, as Meta's predictor sends it; a padding point
+                always ends the points.
+            mask_inputs: `N x 1 x S/4 x S/4` low-res logits (a previous answer), or None.
+            multimask_output: the 3 multimask outputs instead of the single one.
+            image_index: LongTensor `N`, each prompt's image in `features`.
+
+        Returns:
+            low-res logits `N x M x S/4 x S/4`, IoU predictions `N x M` (M = 3 or 1) and
+            object-score logits `N x 1`.
+        """
+        points = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must come with point_coords")
+            points = (point_coords, point_labels)
+        if boxes is not None:
+            corners = boxes.reshape(-1, 2, 2)
+            labels = torch.tensor([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], device=boxes.device)
+            labels = labels.expand(corners.shape[0], 2)
+            if points is not None:
+                corners = torch.cat([corners, points[0]], dim=1)
+                labels = torch.cat([labels, points[1].to(labels.dtype)], dim=1)
+            points = (corners, labels)
+        sparse, dense = self.sam_prompt_encoder(points=points, boxes=None, masks=mask_inputs)
+        return self.sam_mask_decoder(
+            image_embeddings=features.image_embed,
+            image_pe=self.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+            high_res_features=features.high_res,
+            image_index=image_index,
+        )
+
+    def postprocess_masks(self, masks: Tensor, original_size: Sequence[int]) -> Tensor:
+        """Low-res logits `N x M x S/4 x S/4` -> logits `N x M x H x W` in the original
+        frame (bilinear, straight from the square: there is no padding to crop)."""
+        size = (int(original_size[0]), int(original_size[1]))
+        return F.interpolate(masks.float(), size, mode="bilinear", align_corners=False)
+
+    def transform_coords(self, coords: Tensor, original_size: Sequence[int]) -> Tensor:
+        """`... x 2` (x, y) pixels in the original frame (H, W) -> the input frame."""
+        h, w = int(original_size[0]), int(original_size[1])
+        scale = torch.tensor([w, h], dtype=coords.dtype, device=coords.device)
+        return coords / scale * self.image_size
+
+    def transform_boxes(self, boxes: Tensor, original_size: Sequence[int]) -> Tensor:
+        """`N x 4` boxes (x0, y0, x1, y1) in the original frame -> the input frame."""
+        return self.transform_coords(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+    # The video model's tensors travel with the state dict (module doc).
+    def _load_from_state_dict(
+        self,
+        state_dict: MutableMapping[str, Any],
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        missing_keys.extend(self.video_parts.take(state_dict, prefix))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _save_to_state_dict(
+        self, destination: MutableMapping[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        self.video_parts.put(destination, prefix)
