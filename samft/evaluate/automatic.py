@@ -17,7 +17,9 @@ and the best cell's masks are scored against every annotated object of the image
 - `pred_iou_thresh`, `stability_score_thresh`: the chosen cell.
 
 The ground truth is every object the dataset's reader gives for an image (no area filter:
-small objects count). Candidates of every image are held until the search ends.
+small objects count), except COCO crowd regions (`iscrowd: 1`), which are ignored as COCO's
+evaluation ignores them (`samft.evaluate.instance`). Candidates of every image are held
+until the search ends.
 """
 
 from __future__ import annotations
@@ -133,10 +135,12 @@ def evaluate_automatic(
         len(records), summary.path, summary.variant, summary.image_size,
         points_per_side, points_per_side, len(cells),
     )  # fmt: skip
-    proposals, truths, per_image = [], [], []
+    proposals, truths, crowds, per_image = [], [], [], []
     for index, record in enumerate(records, 1):
         loaded = reader.load(record, range(len(record.objects)))
-        truth = ground_truth_labels(loaded.masks)
+        is_crowd = np.array([obj.iscrowd for obj in record.objects], dtype=bool)
+        truth = ground_truth_labels(loaded.masks[~is_crowd])
+        crowd = loaded.masks[is_crowd].any(axis=0) if is_crowd.any() else None
         candidates = generator.propose(loaded.image)
         per_image.append(
             cell_scores(
@@ -148,22 +152,24 @@ def evaluate_automatic(
                 min_object_size,
                 WITH_BACKGROUND,
                 SPLIT_COMPONENTS,
+                crowd,
             )  # fmt: skip
         )
         proposals.append(candidates)
         truths.append(truth)
+        crowds.append(crowd)
         log.info("image %d/%d %s: %d candidate masks", index, len(records), record.image_id,
                  len(candidates))  # fmt: skip
     search = best_cell(cells, per_image, criterion)
     chosen = (search.best["pred_iou_thresh"], search.best["stability_score_thresh"])
 
     kept, scores, errors, images = [], [], [], []
-    for record, candidates, truth in zip(records, proposals, truths, strict=True):
+    for record, candidates, truth, crowd in zip(records, proposals, truths, crowds, strict=True):
         masks = generator.select(candidates, *chosen)
         labels = records_to_labels(
             masks, candidates.image_size, min_object_size, WITH_BACKGROUND, SPLIT_COMPONENTS
         )
-        score = instance_scores(labels, truth)
+        score = instance_scores(labels, truth, crowd=crowd)
         kept.append(masks)
         scores.append(score)
         errors += iou_head_errors(masks, truth)
@@ -176,7 +182,7 @@ def evaluate_automatic(
             }
         )
     metrics = aggregate(scores)
-    metrics.update(coco_mask_ap(kept, truths))
+    metrics.update(coco_mask_ap(kept, truths, crowds=crowds))
     metrics["iou_head_mae"] = float(np.mean(errors)) if errors else float("nan")
     metrics["n_masks"] = sum(len(masks) for masks in kept)
     metrics["pred_iou_thresh"], metrics["stability_score_thresh"] = chosen

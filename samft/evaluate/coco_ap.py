@@ -21,6 +21,7 @@ def coco_mask_ap(
     ground_truths: Sequence[np.ndarray],
     score_key: str = "predicted_iou",
     max_detections: int = 1000,
+    crowds: Sequence[np.ndarray | None] | None = None,
 ) -> dict[str, float]:
     """COCO mask AP of generator records against ground-truth instances, via pycocotools.
 
@@ -30,18 +31,25 @@ def coco_mask_ap(
         score_key: the record field used as detection score.
         max_detections: detections per image that count (COCO's default of 100 is too few
             for dense images such as nuclei).
+        crowds: per image, an `H x W` mask of its crowd regions or None; they go to
+            pycocotools as `iscrowd: 1` regions, which it ignores as COCO does.
 
     Returns:
         `AP` (IoU 0.50:0.95), `AP50`, `AP75`; NaN when there are no ground-truth objects.
     """
     if len(predictions) != len(ground_truths):
         raise ValueError("one list of records per ground-truth image is needed")
+    crowds = list(crowds) if crowds is not None else [None] * len(ground_truths)
     images, annotations, detections = [], [], []
     for image_id, (records, gt) in enumerate(zip(predictions, ground_truths, strict=True), 1):
         masks = instance_masks(gt)
         images.append({"id": image_id, "height": masks.shape[1], "width": masks.shape[2]})
         masks = masks[masks.any(axis=(1, 2))]  # an empty object can be neither hit nor missed
-        for rle, mask in zip(masks_to_coco(masks), masks, strict=True):
+        n_objects = len(masks)
+        crowd = crowds[image_id - 1]
+        if crowd is not None and crowd.any():
+            masks = np.concatenate([masks, crowd[None].astype(bool)])
+        for index, (rle, mask) in enumerate(zip(masks_to_coco(masks), masks, strict=True)):
             ys, xs = np.nonzero(mask)
             box = [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1]
             annotations.append(
@@ -52,7 +60,7 @@ def coco_mask_ap(
                     "segmentation": rle,
                     "area": int(mask.sum()),
                     "bbox": box,
-                    "iscrowd": 0,
+                    "iscrowd": int(index >= n_objects),
                 }
             )
         for record in records:
@@ -64,7 +72,7 @@ def coco_mask_ap(
                     "score": float(record[score_key]),
                 }
             )
-    if not annotations:
+    if not any(a["iscrowd"] == 0 for a in annotations):
         return {"AP": float("nan"), "AP50": float("nan"), "AP75": float("nan")}
     if not detections:
         return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}

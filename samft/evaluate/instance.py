@@ -15,6 +15,11 @@ nor objects). mSA is the mean of SA over t = 0.50, 0.55, ..., 0.95. The threshol
 exact decimals; elf's `np.arange(0.5, 1.0, 0.05)` makes 0.6 .. 0.95 slightly larger (0.75 is
 0.7500000000000002 there), which only matters for an IoU of exactly that value.
 
+Crowd regions (COCO `iscrowd: 1`: objects that were not separated) are neither objects to
+find nor background, as in COCO's evaluation: at threshold t, a prediction left unmatched
+whose area lies at least t inside the crowd regions (intersection over the prediction's
+area, COCO's rule for crowds) is ignored, neither TP nor FP.
+
 Dataset level: the mean over images of each per-image number, as micro-sam averages its
 per-image tables (`aggregate`); summed counts and pooled SA are given beside it.
 """
@@ -89,34 +94,61 @@ def true_positives(iou: np.ndarray, threshold: float) -> int:
 
 
 def instance_scores(
-    pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float] = SA_THRESHOLDS
+    pred: np.ndarray,
+    gt: np.ndarray,
+    thresholds: Sequence[float] = SA_THRESHOLDS,
+    crowd: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Per-image scores of predicted vs ground-truth instances (label images or stacks).
 
+    `crowd`: an `H x W` bool mask of the image's crowd regions (None: none); predictions
+    inside them are ignored as the module docstring says.
+
     Returns `mSA`, `SA50`, `SA75`, `precision50`, `recall50`, `f1_50` (0 when TP = 0),
-    `n_pred`, `n_gt`, and per threshold lists `thresholds`, `SA`, `TP`.
+    `n_pred` (every prediction), `n_gt`, and per threshold lists `thresholds`, `SA`, `TP`,
+    `FP` (predictions neither matched nor ignored).
     """
     iou = iou_matrix(pred, gt)
     n_pred, n_gt = iou.shape
+    in_crowd = crowd_fractions(pred, crowd) if crowd is not None else np.zeros(n_pred)
+    best_iou = iou.max(axis=1) if n_gt else np.zeros(n_pred)
 
-    def accuracy(tp: int) -> float:
-        return tp / (n_pred + n_gt - tp) if tp > 0 else 0.0
+    def counts(t: float) -> tuple[int, int]:
+        tp = true_positives(iou, t)
+        ignored = int(np.sum((in_crowd >= t) & (best_iou < t)))
+        return tp, n_pred - tp - ignored
 
-    tps = [true_positives(iou, t) for t in thresholds]
-    tp50, tp75 = true_positives(iou, 0.5), true_positives(iou, 0.75)
+    def accuracy(tp: int, fp: int) -> float:
+        return tp / (tp + fp + n_gt - tp) if tp > 0 else 0.0
+
+    per_t = [counts(t) for t in thresholds]
+    (tp50, fp50), (tp75, fp75) = counts(0.5), counts(0.75)
     return {
-        "mSA": float(np.mean([accuracy(tp) for tp in tps])),
-        "SA50": accuracy(tp50),
-        "SA75": accuracy(tp75),
-        "precision50": tp50 / n_pred if tp50 > 0 else 0.0,
+        "mSA": float(np.mean([accuracy(tp, fp) for tp, fp in per_t])),
+        "SA50": accuracy(tp50, fp50),
+        "SA75": accuracy(tp75, fp75),
+        "precision50": tp50 / (tp50 + fp50) if tp50 > 0 else 0.0,
         "recall50": tp50 / n_gt if tp50 > 0 else 0.0,
-        "f1_50": 2 * tp50 / (n_pred + n_gt) if tp50 > 0 else 0.0,
+        "f1_50": 2 * tp50 / (tp50 + fp50 + n_gt) if tp50 > 0 else 0.0,
         "n_pred": n_pred,
         "n_gt": n_gt,
         "thresholds": [float(t) for t in thresholds],
-        "SA": [accuracy(tp) for tp in tps],
-        "TP": tps,
+        "SA": [accuracy(tp, fp) for tp, fp in per_t],
+        "TP": [tp for tp, _ in per_t],
+        "FP": [fp for _, fp in per_t],
     }
+
+
+def crowd_fractions(pred: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+    """Per prediction (rows of `instance_masks(pred)`), the fraction of its area inside
+    the `H x W` crowd mask (0 for an empty prediction)."""
+    p, shape = _sparse_instances(pred)
+    crowd = np.asarray(crowd, dtype=bool)
+    if crowd.shape != tuple(shape):
+        raise ValueError(f"crowd mask size {crowd.shape} differs from the image's {shape}")
+    inside = np.asarray(p @ crowd.ravel().astype(np.float64)).ravel()
+    area = np.asarray(p.sum(axis=1)).ravel()
+    return inside / np.maximum(area, 1)
 
 
 def aggregate(per_image: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -135,7 +167,11 @@ def aggregate(per_image: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     n_pred = sum(int(s["n_pred"]) for s in per_image)
     n_gt = sum(int(s["n_gt"]) for s in per_image)
     tps = np.sum([s["TP"] for s in per_image], axis=0)
-    pooled = [tp / (n_pred + n_gt - tp) if tp > 0 else 0.0 for tp in tps.tolist()]
+    fps = np.sum([s["FP"] for s in per_image], axis=0)
+    pooled = [
+        tp / (fp + n_gt) if tp > 0 else 0.0
+        for tp, fp in zip(tps.tolist(), fps.tolist(), strict=True)
+    ]
     out.update(n_pred=n_pred, n_gt=n_gt, pooled_mSA=float(np.mean(pooled)))
     out["n_images"] = len(per_image)
     return out

@@ -68,16 +68,17 @@ def cell_scores(
     min_object_size: int = 0,
     with_background: bool = True,
     split_components: bool = True,
+    crowd: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """`instance_scores` of one image's candidates (from `generator.propose`, image of
-    `shape` H x W) at every cell, in `cells` order."""
+    `shape` H x W) at every cell, in `cells` order; `crowd`: the image's crowd regions."""
     scores = []
     for iou_thresh, stab_thresh in cells:
         records = generator.select(candidates, iou_thresh, stab_thresh)
         labels = records_to_labels(
             records, shape, min_object_size, with_background, split_components
         )
-        scores.append(instance_scores(labels, ground_truth))
+        scores.append(instance_scores(labels, ground_truth, crowd=crowd))
     return scores
 
 

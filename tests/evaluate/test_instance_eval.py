@@ -169,3 +169,49 @@ def test_two_checkpoints_side_by_side():
     assert report["checkpoints"][1]["chosen_thresholds"] == {
         "pred_iou_thresh": 0.8, "stability_score_thresh": 0.9,
     }  # fmt: skip
+
+
+def test_crowd_regions_are_not_objects_to_find(tmp_path):
+    """A COCO `iscrowd: 1` region is ignored, as COCO does: not in n_gt, never missed."""
+    from samft.evaluate.automatic import evaluate_automatic
+    from samft.model.registry import build_sam
+    from samft.weights import save_sam
+
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    image[8:24, 8:24] = 200
+    image[40:60, 30:60] = 120
+    (tmp_path / "images").mkdir()
+    Image.fromarray(image).save(tmp_path / "images" / "a.png")
+
+    def square(y0, y1, x0, x1):
+        return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+    objects = [(square(8, 24, 8, 24), 0), (square(40, 60, 30, 60), 1)]  # the second a crowd
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 64, "width": 64}],
+        "annotations": [
+            {
+                "id": i + 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": seg,
+                "iscrowd": crowd,
+                "area": 1.0,
+                "bbox": [0, 0, 1, 1],
+            }
+            for i, (seg, crowd) in enumerate(objects)
+        ],  # fmt: skip
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    torch.manual_seed(0)
+    checkpoint = save_sam(build_sam("tiny"), tmp_path / "tiny.pth")
+    spec = {
+        "format": "coco",
+        "annotations": str(tmp_path / "coco.json"),
+        "images": str(tmp_path / "images"),
+    }
+    result = evaluate_automatic(
+        checkpoint, spec, points_per_side=2, pred_iou_threshs=[0.0], stability_score_threshs=[0.0]
+    )
+    assert result.summary.metrics["n_gt"] == 1 and result.images[0]["n_gt"] == 1

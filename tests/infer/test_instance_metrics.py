@@ -212,3 +212,47 @@ def test_default_search_values_are_micro_sams():
     assert ious[0] == 0.6 and ious[-1] == 0.9 and len(ious) == 13
     assert stabilities[0] == 0.6 and stabilities[-1] == 0.95 and len(stabilities) == 15
     assert ious[1] == 0.625
+
+
+# a crowd region (COCO iscrowd) in the bottom-right 2 x 3 corner of an 8 x 8 image: one
+# prediction lies inside it (6 px, all inside), one just above it and one far from it
+CROWD = np.zeros((8, 8), dtype=bool)
+CROWD[6:8, 5:8] = True
+CROWD_GT = _labels((8, 8), a=(1, 0, 2, 0, 2))
+CROWD_PRED = _labels(
+    (8, 8), a=(1, 0, 2, 0, 2), inside=(2, 6, 8, 5, 8), near=(3, 4, 6, 4, 8), far=(4, 3, 4, 0, 1)
+)
+
+
+def test_predictions_in_crowd_regions_are_neither_tp_nor_fp():
+    np.testing.assert_allclose(instance.crowd_fractions(CROWD_PRED, CROWD), [0, 1, 0, 0])
+    scores = instance.instance_scores(CROWD_PRED, CROWD_GT, crowd=CROWD)
+    # every t: TP 1 (object a); the prediction inside the crowd is ignored; FP 2 (near, far)
+    assert scores["TP"] == [1] * 10 and scores["FP"] == [2] * 10
+    assert scores["SA50"] == pytest.approx(1 / 3) and scores["precision50"] == pytest.approx(1 / 3)
+    counted = instance.instance_scores(CROWD_PRED, CROWD_GT)  # crowd unknown: 3 FP
+    assert counted["FP"] == [3] * 10 and counted["SA50"] == pytest.approx(1 / 4)
+    pooled = instance.aggregate([scores, scores])
+    assert pooled["pooled_mSA"] == pytest.approx(2 / (4 + 2))  # TP 2, FP 4, FN 0
+
+
+def test_crowd_overlap_counts_from_the_threshold_up():
+    """COCO's rule: ignored at t when the prediction's area inside crowds is >= t."""
+    pred = np.zeros((8, 8), dtype=np.int32)
+    pred[6:8, 3:8] = 5  # 10 px, 6 in the crowd: fraction 0.6
+    scores = instance.instance_scores(pred, CROWD_GT, crowd=CROWD)
+    assert scores["FP"] == [0, 0, 0] + [1] * 7  # ignored at t = 0.50, 0.55, 0.60 only
+
+
+def test_coco_ap_ignores_predictions_on_crowd_regions():
+    def record(mask: np.ndarray, score: float) -> dict:
+        return {"segmentation": masks_to_coco(mask[None])[0], "predicted_iou": score}
+
+    masks = instance.instance_masks(CROWD_PRED)  # a, inside, near, far
+    scores = [0.5, 0.9, 0.3, 0.2]  # the crowd prediction ranked first
+    records = [record(m, s) for m, s in zip(masks, scores, strict=True)]
+    with_crowd = coco_ap.coco_mask_ap([records], [CROWD_GT], crowds=[CROWD])
+    without_it = coco_ap.coco_mask_ap([records[:1] + records[2:]], [CROWD_GT])
+    assert with_crowd == pytest.approx(without_it)  # as if that prediction were not there
+    assert with_crowd["AP50"] == pytest.approx(1.0)
+    assert coco_ap.coco_mask_ap([records], [CROWD_GT])["AP50"] < 1.0  # counted as a miss
