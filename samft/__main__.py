@@ -13,6 +13,7 @@ shows the traceback. Any other exception keeps its traceback and exits 1.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import re
@@ -82,6 +83,13 @@ def describe_error(err: Exception, command: str, overrides: list[str]) -> tuple[
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    full = _disk_full(err)
+    if full is not None:
+        from samft.io.files import write_error
+
+        if full.filename:
+            return USER_ERROR, f"OutputError: {write_error(full.filename, full)}"
+        return USER_ERROR, f"OutputError: {write_error(os.getcwd(), full, 'writing under')}"
     if isinstance(err, (HydraException, OmegaConfBaseException)):
         message = str(err).strip()
         known = _known_keys_hint(message, command, overrides)
@@ -91,6 +99,18 @@ def describe_error(err: Exception, command: str, overrides: list[str]) -> tuple[
     if isinstance(err, ValueError) and _raised_in_samft(err):
         return USER_ERROR, f"{type(err).__name__}: {err}"
     return 1, None
+
+
+def _disk_full(err: BaseException) -> OSError | None:
+    """The ENOSPC OSError among `err` and its causes (a full disk met deep inside a library
+    writing a log, a picture or a checkpoint), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _known_keys_hint(message: str, command: str, overrides: list[str]) -> str:

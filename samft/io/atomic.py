@@ -13,6 +13,7 @@ damaged `last.ckpt` falls back to it (`samft.commands.train.resume_checkpoint`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from samft.io.files import OutputError
+from samft.io.files import OutputError, write_error
 
 PREV_SUFFIX = ".prev"
 
@@ -45,6 +46,8 @@ def save_atomic(obj: Any, path: str | Path, keep_previous: bool = False) -> Path
             os.replace(path, previous_of(path))
         os.replace(tmp, path)
     except OSError as err:
+        if err.errno == errno.ENOSPC:  # the previous checkpoint is still in place
+            raise write_error(path, err, "saving checkpoint") from err
         reason = err.strerror or str(err) or type(err).__name__
         raise OutputError(
             f"cannot save checkpoint {path}: {reason} (errno {err.errno}); free disk space "

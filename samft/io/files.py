@@ -6,9 +6,11 @@ unwritable folder fails before the model loads and a crash never leaves half a f
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,34 @@ KNOWN_SUFFIXES = (".pth", ".pt", ".safetensors", ".onnx", ".json")
 
 class OutputError(ValueError):
     """An output path that cannot be written."""
+
+
+def mount_point(path: str | Path) -> Path:
+    """The mount point of the file system that holds `path` (or would hold it)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def write_error(path: str | Path, err: OSError, what: str = "writing") -> OutputError:
+    """An OutputError for a failed write of `path`: for a full disk, `no space left on
+    <mount point> writing <path>` with the space left; otherwise the OS error's reason."""
+    path = Path(path)
+    if err.errno == errno.ENOSPC:
+        mount = mount_point(path.parent)
+        try:
+            free = f"{shutil.disk_usage(mount).free / 1e6:.0f} MB free"
+        except OSError:
+            free = "free space unknown"
+        return OutputError(
+            f"no space left on {mount} {what} {path} ({free}); free some space there or "
+            "write elsewhere (hydra.run.dir, output=, cache.dir)"
+        )
+    reason = err.strerror or str(err) or type(err).__name__
+    return OutputError(f"cannot write {path}: {reason} (errno {err.errno})")
 
 
 def prepare_output_dir(path: str | Path, what: str) -> Path:

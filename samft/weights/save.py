@@ -10,6 +10,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from samft.io.files import write_error
 from samft.model.lora import has_lora_keys, merge_lora_state_dict
 from samft.weights.files import CheckpointError, independent_tensors
 from samft.weights.read import SAM_PARTS, _strip_prefixes
@@ -42,11 +43,22 @@ def save_sam(model_or_state_dict: nn.Module | Mapping[str, Tensor], path: str | 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        # through a Python file, so a failed write is an OSError with its errno (torch's and
+        # safetensors' own writers report a full disk as an internal error)
         if path.suffix == ".safetensors":
-            safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"})
+            data = safetensors.torch.save(tensors, metadata={"format": "pt"})
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
         else:
-            torch.save(tensors, tmp)
+            with open(tmp, "wb") as handle:
+                torch.save(tensors, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise write_error(path, err) from err
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -3,11 +3,13 @@ writes, the run-folder lock, resume checks and the CSV log of a resumed run."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -18,7 +20,8 @@ from torch import nn
 
 from samft.commands.train import keep_earlier_metrics, resume_checkpoint
 from samft.io.atomic import AtomicCheckpointIO, previous_of, save_atomic
-from samft.io.files import OutputError
+from samft.io.files import OutputError, mount_point
+from samft.model.registry import build_sam
 from samft.train.callbacks import (
     FiniteModelCheckpoint,
     NanGuard,
@@ -28,6 +31,7 @@ from samft.train.callbacks import (
 from samft.train.run_lock import LOCK_NAME, RunFolderInUseError, RunLock, is_launcher_process
 from samft.weights.finite import assert_finite
 from samft.weights.read import CheckpointError
+from samft.weights.save import save_sam
 
 
 class Toy(L.LightningModule):
@@ -123,7 +127,7 @@ def test_full_disk_leaves_no_temp_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(OutputError, match="No space left on device"):
+    with pytest.raises(OutputError, match="no space left on .* saving checkpoint"):
         save_atomic({"x": torch.zeros(3)}, tmp_path / "last.ckpt")
     assert list(tmp_path.iterdir()) == []
 
@@ -208,3 +212,47 @@ def test_resume_lora_into_full_finetune_is_explained(tmp_path):
     assert resume_checkpoint(str(path), "lora") == str(path)
     with pytest.raises(CheckpointError, match="image_encoder=lora, but this run uses .*=full"):
         resume_checkpoint(str(path), "full")
+
+
+# ------------------------------------------------------------------- a full disk, for real
+def _full_disk_at(tmp: Path) -> None:
+    """Make the temporary file a save writes through a link to /dev/full: every write
+    there fails with ENOSPC, as on a full disk."""
+    tmp.symlink_to("/dev/full")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_keeps_the_previous_checkpoint_and_names_the_device(tmp_path):
+    last = tmp_path / "last.ckpt"
+    save_atomic({"global_step": 1}, last, keep_previous=True)
+    _full_disk_at(tmp_path / ".last.ckpt.tmp")
+    with pytest.raises(OutputError) as caught:
+        save_atomic({"global_step": 2}, last, keep_previous=True)
+    message = str(caught.value)
+    assert message.startswith(f"no space left on {mount_point(tmp_path)} saving checkpoint {last}")
+    assert torch.load(last, weights_only=True)["global_step"] == 1  # the previous one is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_a_full_disk_when_saving_weights_is_one_sentence(tmp_path, suffix):
+    target = tmp_path / f"initial{suffix}"
+    _full_disk_at(tmp_path / f".{target.name}.{os.getpid()}.tmp")
+    with pytest.raises(OutputError, match=f"^no space left on .* writing {target}"):
+        save_sam(build_sam("tiny"), target)
+    assert not target.exists()
+
+
+def test_a_full_disk_deep_inside_a_library_is_one_line_exit_2():
+    from samft.__main__ import describe_error
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/run/csv/metrics.csv")
+        except OSError as inner:
+            raise RuntimeError("a logger failed") from inner
+    except RuntimeError as outer:
+        code, message = describe_error(outer, "train", [])
+    assert code == 2
+    assert message.startswith("OutputError: no space left on / writing /run/csv/metrics.csv")
