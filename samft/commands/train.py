@@ -31,6 +31,7 @@ from samft.commands.run_config import write_run_config
 from samft.commands.run_summary import run_summary
 from samft.commands.schema import TRAINER_BOUNDS, check_group
 from samft.io.atomic import previous_of
+from samft.model.registry import VARIANTS, get_hyper_params
 from samft.train.callbacks import SaveOnSignal
 from samft.train.run_lock import RunLock, is_launcher_process
 from samft.weights import save_sam
@@ -70,7 +71,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
-    ckpt_path = resume_checkpoint(cfg.ckpt_path, module.finetune_config.image_encoder)
+    ckpt_path = resume_checkpoint(
+        cfg.ckpt_path,
+        module.finetune_config.image_encoder,
+        module.model_config.variant,
+        module.model.image_size,
+    )
     prepare_dataset(cfg)
     datamodule = build_datamodule(cfg, open_embedding_cache(cfg, module))
     loggers = build_loggers(cfg)
@@ -165,10 +171,16 @@ def _resumes_in(ckpt_path: str | None, output_dir: Path) -> bool:
     return output_dir.resolve() in Path(ckpt_path).resolve().parents
 
 
-def resume_checkpoint(ckpt_path: str | None, image_encoder: str) -> str | None:
+def resume_checkpoint(
+    ckpt_path: str | None,
+    image_encoder: str,
+    variant: str | None = None,
+    image_size: int | None = None,
+) -> str | None:
     """The checkpoint `ckpt_path=` resumes, checked before any work: a readable samft
-    Lightning checkpoint of the same encoder mode. A damaged file falls back, with a
-    warning, to the copy its last save kept (`last.ckpt.prev`)."""
+    Lightning checkpoint of the same encoder mode, and of this run's model `variant` and
+    input `image_size` when given. A damaged file falls back, with a warning, to the copy
+    its last save kept (`last.ckpt.prev`)."""
     if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES:
         return ckpt_path or None
     path = Path(ckpt_path)
@@ -197,7 +209,9 @@ def resume_checkpoint(ckpt_path: str | None, image_encoder: str) -> str | None:
             "Lightning checkpoint (.ckpt, with optimizer and step); to start from weights "
             f"use model.checkpoint={path}"
         )
-    finetune = (checkpoint.get("hyper_parameters") or {}).get("finetune") or {}
+    hyper_parameters = checkpoint.get("hyper_parameters") or {}
+    _check_same_model(path, hyper_parameters.get("model") or {}, variant, image_size)
+    finetune = hyper_parameters.get("finetune") or {}
     saved = finetune.get("image_encoder")
     if saved and saved != image_encoder:
         raise CheckpointError(
@@ -207,6 +221,24 @@ def resume_checkpoint(ckpt_path: str | None, image_encoder: str) -> str | None:
             f"model.checkpoint={path}"
         )
     return str(path)
+
+
+def _check_same_model(path: Path, saved: dict, variant: str | None, image_size: int | None) -> None:
+    """CheckpointError when the checkpoint holds another SAM variant or input size than
+    this run builds (its weights could not be loaded: hundreds of size mismatches)."""
+    saved_variant = saved.get("variant")
+    if variant is None or not saved_variant:
+        return
+    saved_size = saved.get("image_size")
+    if saved_size is None and saved_variant in VARIANTS:
+        saved_size = get_hyper_params(saved_variant).image_size
+    if saved_variant != variant or (image_size and saved_size and saved_size != image_size):
+        raise CheckpointError(
+            f"ckpt_path={path}: a run of model variant {saved_variant} at {saved_size} px, but "
+            f"this run builds {variant} at {image_size} px. Resume with the run's own model "
+            f"(model={saved_variant} model.image_size={saved_size}), or start a new run from "
+            f"its weights with model.checkpoint={path}"
+        )
 
 
 def keep_earlier_metrics(loggers: list) -> None:

@@ -214,6 +214,23 @@ def test_resume_lora_into_full_finetune_is_explained(tmp_path):
         resume_checkpoint(str(path), "full")
 
 
+@pytest.mark.parametrize(
+    "variant, image_size, expected",
+    [
+        ("lite_medsam", 256, "variant tiny at 256 px, but this run builds lite_medsam at 256 px"),
+        ("tiny", 512, "variant tiny at 256 px, but this run builds tiny at 512 px"),
+    ],
+)
+def test_resume_into_another_variant_or_size_names_both(tmp_path, variant, image_size, expected):
+    path = tmp_path / "last.ckpt"
+    model = {"variant": "tiny", "image_size": None}  # None: the variant's own size, 256
+    torch.save({"pytorch-lightning_version": "2", "hyper_parameters": {"model": model}}, path)
+    assert resume_checkpoint(str(path), "frozen", "tiny", 256) == str(path)
+    with pytest.raises(CheckpointError, match=expected) as caught:
+        resume_checkpoint(str(path), "frozen", variant, image_size)
+    assert "model.checkpoint=" in str(caught.value) and len(str(caught.value)) < 400
+
+
 # ------------------------------------------------------------------- a full disk, for real
 def _full_disk_at(tmp: Path) -> None:
     """Make the temporary file a save writes through a link to /dev/full: every write
