@@ -6,8 +6,9 @@ DDP launcher re-runs `python -m samft <argv[1:]>` for every other rank, and thos
 find their command there.
 
 A user error (a bad override or config value, a checkpoint, data, cache or output problem:
-the `ValueError`s samft raises, Hydra's and OmegaConf's config errors) prints as one short
-message and exits 2; a diverged run (`NonFiniteTrainingError`) exits 3. `HYDRA_FULL_ERROR=1`
+the `ValueError`s samft raises, also from a DataLoader worker, Hydra's and OmegaConf's config
+errors, an OS error on a named path, a full disk anywhere) prints as one short message and
+exits 2; a diverged run (`NonFiniteTrainingError`) exits 3. `HYDRA_FULL_ERROR=1`
 shows the traceback. Any other exception keeps its traceback and exits 1.
 """
 
@@ -95,10 +96,34 @@ def describe_error(err: Exception, command: str, overrides: list[str]) -> tuple[
         known = _known_keys_hint(message, command, overrides)
         return USER_ERROR, message + (f"\n{known}" if known else "")
     if hasattr(err, "exit_code") and type(err).__module__.startswith("samft"):
-        return int(err.exit_code), f"{type(err).__name__}: {err}"
-    if isinstance(err, ValueError) and _raised_in_samft(err):
-        return USER_ERROR, f"{type(err).__name__}: {err}"
+        return int(err.exit_code), f"{type(err).__name__}: {_own_message(err)}"
+    if isinstance(err, OSError) and err.filename:  # a path the user gave or we derived
+        reason = err.strerror or str(err)
+        return USER_ERROR, f"{type(err).__name__}: {err.filename}: {reason}"
+    if isinstance(err, ValueError) and (_raised_in_samft(err) or _from_a_worker(err)):
+        return USER_ERROR, f"{type(err).__name__}: {_own_message(err)}"
     return 1, None
+
+
+WORKER_PREFIX = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.")
+
+
+def _from_a_worker(err: BaseException) -> bool:
+    """An error a DataLoader worker raised, re-raised here with the worker's traceback as
+    its message (the type is kept: samft's own when `_own_message` finds it)."""
+    return bool(WORKER_PREFIX.match(str(err))) and type(err).__module__.startswith("samft")
+
+
+def _own_message(err: BaseException) -> str:
+    """The error's own sentence: for one re-raised from a DataLoader worker, the last line
+    of the worker's traceback without its `module.Type: ` prefix."""
+    text = str(err)
+    if not WORKER_PREFIX.match(text):
+        return text
+    lines = [line for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else text
+    name = f"{type(err).__module__}.{type(err).__name__}: "
+    return last[len(name) :] if last.startswith(name) else last
 
 
 def _disk_full(err: BaseException) -> OSError | None:

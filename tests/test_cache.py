@@ -296,3 +296,21 @@ def test_cache_key_of_a_tinyvit_encoder_with_batchnorm_counters():
     bn = next(m for m in sam.image_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
     bn.num_batches_tracked += 1
     assert cache_key(sam).encoder_sha256 != key.encoder_sha256
+
+
+def test_a_shard_with_a_damaged_header_names_the_shard(built):
+    """The JSON header of a shard overwritten in place (same size): one sentence naming the
+    shard and how to rebuild it, not safetensors' own error."""
+    module, root, _ = built
+    cache = EmbeddingCache.open(root, cache_key(module.model))
+    name, entry = next(iter(cache.entries.items()))
+    shard = root / entry["shard"]
+    with open(shard, "r+b") as handle:
+        handle.seek(8)  # after the header's length: its JSON text
+        handle.write(b"}}}{{{")
+    damaged = EmbeddingCache.open(root, cache_key(module.model))
+    with pytest.raises(CacheError) as caught:
+        damaged.get(*name.rsplit("#", 1))
+    message = str(caught.value)
+    assert f"shard {entry['shard']} cannot be read" in message
+    assert "run `python -m samft cache` again" in message and "\n" not in message

@@ -160,3 +160,12 @@ def test_trainer_gpu_without_a_gpu_is_explained_before_any_work(tmp_path):
     assert expected in result.stderr
     assert "use trainer=cpu" in result.stderr and "Traceback" not in result.stderr
     assert not data.exists()  # refused before the demo data were generated
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file where the run folder's parent should be")
+    result = _run(_overrides(tmp_path / "data", blocker / "run"), tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "samft train: error:" in result.stderr and str(blocker) in result.stderr
+    assert "Traceback" not in result.stderr

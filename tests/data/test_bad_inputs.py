@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from samft.data.dataset import SamDataset
@@ -162,3 +163,25 @@ def test_empty_masks_and_images_without_objects_are_counted(ct_organs, tmp_path)
     assert dataset.skipped == {"image_without_objects": 1, "empty_mask": 1}
     assert len(dataset) == 4
     assert sum(len(objs) for _, objs in dataset.items) == 30
+
+
+class _BadAtTwo(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        if index == 2:
+            raise DataError("image /data/b.png: annotation 7 has a NaN polygon")
+        return torch.zeros(1)
+
+
+def test_an_error_in_a_loader_worker_reads_as_the_worker_said_it():
+    """`data.num_workers=2`: the worker's one sentence, not its traceback."""
+    from samft.__main__ import describe_error
+
+    loader = torch.utils.data.DataLoader(_BadAtTwo(), batch_size=1, num_workers=1)
+    with pytest.raises(DataError) as caught:
+        list(loader)
+    assert "Original Traceback" in str(caught.value)  # what torch re-raises
+    code, message = describe_error(caught.value, "train", [])
+    assert (code, message) == (2, "DataError: image /data/b.png: annotation 7 has a NaN polygon")

@@ -91,10 +91,17 @@ class EmbeddingCache:
         silently trained on)."""
         entry = self.entries[entry_name(path, orientation)]
         handle = self._handles.get(entry["shard"])
-        if handle is None:
-            handle = safe_open(str(self.root / entry["shard"]), framework="pt")
-            self._handles[entry["shard"]] = handle
-        tensor = handle.get_tensor(entry["tensor"])
+        try:
+            if handle is None:
+                handle = safe_open(str(self.root / entry["shard"]), framework="pt")
+                self._handles[entry["shard"]] = handle
+            tensor = handle.get_tensor(entry["tensor"])
+        except Exception as err:  # SafetensorError (a damaged header), OSError: not readable
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CacheError(
+                f"embedding cache {self.root}: shard {entry['shard']} cannot be read "
+                f"({reason}); rebuild it: delete the shard and run `python -m samft cache` again"
+            ) from None
         if tensor_digest(tensor) != entry["digest"]:
             raise CacheError(
                 f"embedding cache {self.root}: shard {entry['shard']} is damaged (the "
