@@ -24,6 +24,7 @@ from samft.data.cache import (
     orientations_for,
     why_not_cached,
 )
+from samft.data.images import allow_image_pixels
 from samft.model.batched import encode_images
 from samft.model.device import resolve_device
 
@@ -81,5 +82,6 @@ def _loader(reader, record):
 
 @hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    allow_image_pixels(cfg.max_image_pixels)
     OmegaConf.resolve(cfg)
     cache_embeddings(cfg)

@@ -12,6 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from samft.commands.common import build_datamodule, prepare_dataset
+from samft.data.images import allow_image_pixels
 from samft.data.report import write_data_report
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def summary_lines(splits: dict[str, dict]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    allow_image_pixels(cfg.max_image_pixels)
     prepare_dataset(cfg)
     report = write_data_report(build_datamodule(cfg), cfg.output_dir)
     for line in summary_lines(report["splits"]):

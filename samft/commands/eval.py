@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, MissingMandatoryValue, OmegaConf
 from samft.commands.accelerator import check_accelerator, warn_bf16_on_cpu
 from samft.commands.eval_instance import evaluate_instances
 from samft.commands.schema import TRAINER_BOUNDS, check_group
+from samft.data.images import allow_image_pixels
 from samft.evaluate.prompted import evaluate_checkpoint
 from samft.evaluate.report import build_report, format_table
 from samft.io.files import prepare_output_dir, write_json_atomic
@@ -239,4 +240,5 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
+    allow_image_pixels(cfg.max_image_pixels)
     evaluate(cfg)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from samft.commands.accelerator import check_device
 from samft.commands.schema import check_required
+from samft.data.images import allow_image_pixels
 from samft.infer.predict import predict
 
 # config key -> how the command line and the docs spell it
@@ -34,6 +35,7 @@ REQUIRED = {
 
 @hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="predict")
 def hydra_main(cfg: DictConfig) -> None:
+    allow_image_pixels(cfg.max_image_pixels)
     check_required(cfg, REQUIRED, "predict")
     check_device(cfg.device)
     predict(

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from samft.commands.accelerator import check_device
 from samft.commands.schema import AUTOMATIC_MASK_SETTINGS, check_required, check_settings
+from samft.data.images import allow_image_pixels
 from samft.infer.segment import segment
 
 REQUIRED = {
@@ -23,6 +24,7 @@ REQUIRED = {
 
 @hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="segment")
 def main(cfg: DictConfig) -> None:
+    allow_image_pixels(cfg.max_image_pixels)
     check_required(cfg, REQUIRED, "segment")
     check_settings(cfg, AUTOMATIC_MASK_SETTINGS, "")
     check_device(cfg.device)

@@ -30,6 +30,7 @@ from samft.commands.quiet import quiet_library_noise
 from samft.commands.run_config import write_run_config
 from samft.commands.run_summary import run_summary
 from samft.commands.schema import TRAINER_BOUNDS, check_group
+from samft.data.images import allow_image_pixels
 from samft.io.atomic import previous_of
 from samft.model.registry import VARIANTS, get_hyper_params
 from samft.train.callbacks import SaveOnSignal
@@ -263,6 +264,7 @@ def _write_json(path: Path, values: dict) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    allow_image_pixels(cfg.max_image_pixels)
     quiet_library_noise()
     OmegaConf.resolve(cfg)
     train(cfg)

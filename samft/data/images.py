@@ -8,6 +8,8 @@ on the stored pixel grid, so rotating the pixels would move them off their masks
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +19,54 @@ from samft.data.errors import DataError
 
 # PIL modes that hold one high-bit-depth or float channel; they are rescaled to 0..255.
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# PIL refuses images over twice its MAX_IMAGE_PIXELS (a guard against decompression bombs)
+PIL_DEFAULT_LIMIT = 2 * 89_478_485
+
+
+def allow_image_pixels(limit: int | None) -> None:
+    """Let every image reader open images of up to `limit` pixels (None: PIL's default
+    guard, about 179 megapixels). The `max_image_pixels=N` key of every command."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"max_image_pixels={limit!r}: must be a whole number >= 1, or null")
+    Image.MAX_IMAGE_PIXELS = (limit or PIL_DEFAULT_LIMIT) // 2
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the error is the limit
+
+
+def too_large(path: Path, what: str, err: Exception) -> DataError:
+    """The DataError for an image over the pixel limit: the file, its size and the key."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    pixels = int(found.group(1)) if found else None
+    limit = 2 * int(Image.MAX_IMAGE_PIXELS or 0)
+    return DataError(
+        f"{what} file {path} has {_pixels(pixels) if pixels else 'too many pixels'}, over the "
+        f"limit of {_pixels(limit)} (a guard against decompression bombs); if the file is "
+        f"genuine, allow it with max_image_pixels={pixels or 2 * limit}"
+    )
+
+
+def _pixels(count: int) -> str:
+    return f"{count / 1e6:.1f} megapixels" if count >= 1_000_000 else f"{count} pixels"
+
+
+def open_image(path: Path, what: str = "image") -> Image.Image:
+    """`Image.open(path)` (lazy: the header only), every failure a DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{what} file not found: {path}")
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise too_large(path, what, exc) from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot read {what} file {path}: {exc}") from exc
 
 
 def _open(path: Path, what: str) -> Image.Image:
     """Open and fully decode `path`, turning every failure into a DataError naming it."""
-    if not path.is_file():
-        raise DataError(f"{what} file not found: {path}")
+    image = open_image(path, what)
     try:
-        image = Image.open(path)
         image.load()
+    except Image.DecompressionBombError as exc:
+        raise too_large(path, what, exc) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"cannot read {what} file {path}: {exc}") from exc
     return image
@@ -93,12 +134,21 @@ def read_label_map(path: str | Path) -> np.ndarray:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(H, W) of an image file, read from its header only."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image file not found: {path}")
+    with open_image(Path(path)) as image:
+        width, height = image.size
+    return height, width
+
+
+def input_image_size(path: Path, input_path: str | Path) -> tuple[int, int]:
+    """(H, W) of the image `path` found under `input=`, or a DataError naming the file."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             width, height = image.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image file {path}: {exc}") from exc
+    except DataError as err:
+        if "max_image_pixels" in str(err):
+            raise
+        raise DataError(
+            f"input={input_path}: {path} is not an image samft can read; expected PNG, JPEG, "
+            "TIFF, BMP or WebP"
+        ) from None
     return height, width

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from samft.data.images import read_rgb
+from samft.data.images import input_image_size, read_rgb
 from samft.infer.overlay import draw_overlay
 from samft.infer.predictor import SamPredictor
 from samft.infer.prompts_file import PromptsFileError, PromptSpec, check_inside, read_prompts_file
@@ -99,8 +99,7 @@ def predict(
         if not specs:
             log.info("no prompts for %s: skipped", key)
             continue
-        with Image.open(path) as header:
-            width, height = header.size
+        height, width = input_image_size(path, input)
         for spec in specs:
             check_inside(spec, height, width, f"prompts file {prompts_file.path}, image '{key}'")
         jobs.append((path, key, specs))

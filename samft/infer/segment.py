@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from samft.data.errors import DataError
-from samft.data.images import read_rgb
+from samft.data.images import input_image_size, read_rgb
 from samft.infer.automatic import CROP_OVERLAP_RATIO, AutomaticMaskGenerator
 from samft.infer.instance_overlay import draw_instances
 from samft.infer.predict import list_images
@@ -92,14 +92,7 @@ def image_jobs(input_path: str | Path) -> list[tuple[Path, str]]:
     except FileNotFoundError as err:
         raise DataError(str(err)) from None
     for path, _ in images:
-        try:
-            with Image.open(path):
-                pass
-        except (UnidentifiedImageError, OSError) as err:
-            raise DataError(
-                f"input={input_path}: {path} is not an image samft can read ({err}); "
-                "expected PNG, JPEG, TIFF, BMP or WebP"
-            ) from None
+        input_image_size(path, input_path)
     return images
 
 

@@ -95,3 +95,37 @@ def test_missing_input_is_a_short_error_not_a_traceback(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]
     assert "no such image or folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def _predict_error(args: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["samft", "predict", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" not in err and "samft predict: error:" in err
+    return err
+
+
+def test_a_non_image_file_in_the_input_folder_is_one_line(weights, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "notes.png").write_text("not a picture, although it is named like one")
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"*": [{"points": [[5, 5]]}]}))
+    args = [f"checkpoint={weights}", f"input={photos}", f"prompts={prompts}", "output=out"]
+    err = _predict_error(args, capsys)
+    assert f"{photos / 'notes.png'} is not an image samft can read" in err
+
+
+def test_an_image_over_the_pixel_limit_names_the_key(weights, ct_organs, tmp_path, capsys):
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps({"*": [{"points": [[5, 5]]}]}))
+    image = ct_organs / "images" / "s0619_32.png"
+    args = [f"checkpoint={weights}", f"input={image}", f"prompts={prompts}", "output=out"]
+    try:
+        err = _predict_error([*args, "max_image_pixels=100"], capsys)
+    finally:
+        from samft.data.images import allow_image_pixels
+
+        allow_image_pixels(None)
+    assert f"image file {image} has" in err and "allow it with max_image_pixels=" in err

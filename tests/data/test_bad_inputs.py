@@ -185,3 +185,28 @@ def test_an_error_in_a_loader_worker_reads_as_the_worker_said_it():
     assert "Original Traceback" in str(caught.value)  # what torch re-raises
     code, message = describe_error(caught.value, "train", [])
     assert (code, message) == (2, "DataError: image /data/b.png: annotation 7 has a NaN polygon")
+
+
+@pytest.fixture
+def pixel_limit():
+    """Set the image pixel limit for one test; PIL's default afterwards."""
+    from samft.data.images import allow_image_pixels
+
+    yield allow_image_pixels
+    allow_image_pixels(None)
+
+
+def test_an_image_over_the_pixel_limit_names_file_size_and_key(tmp_path, pixel_limit):
+    path = tmp_path / "scan.png"
+    Image.fromarray(np.zeros((64, 80, 3), dtype=np.uint8)).save(path)
+    pixel_limit(1000)
+    with pytest.raises(DataError) as caught:
+        read_rgb(path)
+    assert str(caught.value) == (
+        f"image file {path} has 5120 pixels, over the limit of 1000 pixels (a guard against "
+        "decompression bombs); if the file is genuine, allow it with max_image_pixels=5120"
+    )
+    pixel_limit(5120)  # what the message says
+    assert read_rgb(path).shape == (64, 80, 3)
+    with pytest.raises(ValueError, match="max_image_pixels=-3: must be"):
+        pixel_limit(-3)
