@@ -14,7 +14,6 @@ shows the traceback. Any other exception keeps its traceback and exits 1.
 
 from __future__ import annotations
 
-import errno
 import importlib
 import os
 import re
@@ -84,10 +83,10 @@ def describe_error(err: Exception, command: str, overrides: list[str]) -> tuple[
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    full = _disk_full(err)
-    if full is not None:
-        from samft.io.files import write_error
+    from samft.io.files import disk_full_error, write_error
 
+    full = disk_full_error(err)
+    if full is not None:
         if full.filename:
             return USER_ERROR, f"OutputError: {write_error(full.filename, full)}"
         return USER_ERROR, f"OutputError: {write_error(os.getcwd(), full, 'writing under')}"
@@ -124,18 +123,6 @@ def _own_message(err: BaseException) -> str:
     last = lines[-1] if lines else text
     name = f"{type(err).__module__}.{type(err).__name__}: "
     return last[len(name) :] if last.startswith(name) else last
-
-
-def _disk_full(err: BaseException) -> OSError | None:
-    """The ENOSPC OSError among `err` and its causes (a full disk met deep inside a library
-    writing a log, a picture or a checkpoint), or None."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            return err
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def _known_keys_hint(message: str, command: str, overrides: list[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
@@ -68,3 +69,35 @@ def _seed_and_threads():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """(folder, seal): fill the folder, then `seal()` makes it read-only. A small tmpfs is
+    mounted there and remounted read-only (root ignores file permissions, so only a
+    read-only file system refuses root a write). Skips where this process may not mount."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("needs permission to mount a tmpfs")
+
+    def seal() -> Path:
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        return folder
+
+    yield folder, seal
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a 256 KiB tmpfs: a real full disk for writes larger than that. Skips
+    where this process may not mount."""
+    folder = tmp_path / "small_disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("needs permission to mount a tmpfs")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)

@@ -24,7 +24,7 @@ from samft.evaluate.instance_report import (
     instance_notes,
 )
 from samft.evaluate.threshold_search import search_cells
-from samft.io.files import sha256_file, write_json_atomic
+from samft.io.files import prepare_output_dir, sha256_file, write_json_atomic
 from samft.weights.known import resolve_checkpoint
 from samft.weights.thresholds import read_sidecar, write_sidecar_thresholds
 
@@ -75,6 +75,8 @@ def sidecar_targets(value: Any, checkpoints: Sequence[str]) -> list[Path | None]
             paths.append(None)
             continue
         sidecar = read_sidecar(target, f"{WRITE_KEY}={target}")
+        # rewritten atomically at the end: its folder must take a new file, now
+        prepare_output_dir(Path(target).parent, f"{WRITE_KEY}={target}")
         digest = sha256_file(resolve_checkpoint(checkpoint))
         known = {sidecar.get("source", {}).get("sha256")}
         known |= {entry.get("sha256") for entry in sidecar.get("files", {}).values()}

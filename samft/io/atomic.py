@@ -13,7 +13,6 @@ damaged `last.ckpt` falls back to it (`samft.commands.train.resume_checkpoint`).
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from samft.io.files import OutputError, write_error
+from samft.io.files import OutputError, disk_full_error, write_error
 
 PREV_SUFFIX = ".prev"
 
@@ -45,9 +44,12 @@ def save_atomic(obj: Any, path: str | Path, keep_previous: bool = False) -> Path
         if keep_previous and path.is_file():
             os.replace(path, previous_of(path))
         os.replace(tmp, path)
-    except OSError as err:
-        if err.errno == errno.ENOSPC:  # the previous checkpoint is still in place
-            raise write_error(path, err, "saving checkpoint") from err
+    except (OSError, RuntimeError) as err:
+        full = disk_full_error(err)
+        if full is not None:  # the previous checkpoint is still in place
+            raise write_error(path, full, "saving checkpoint") from err
+        if not isinstance(err, OSError):
+            raise
         reason = err.strerror or str(err) or type(err).__name__
         raise OutputError(
             f"cannot save checkpoint {path}: {reason} (errno {err.errno}); free disk space "

@@ -34,6 +34,19 @@ def mount_point(path: str | Path) -> Path:
     return path
 
 
+def disk_full_error(err: BaseException | None) -> OSError | None:
+    """The ENOSPC OSError among `err` and its causes, or None. torch's checkpoint writer
+    reports a full disk as `RuntimeError: [enforce fail at inline_container.cc] unexpected
+    pos`, with the OSError only as its context; libraries wrap it in their own errors."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def write_error(path: str | Path, err: OSError, what: str = "writing") -> OutputError:
     """An OutputError for a failed write of `path`: for a full disk, `no space left on
     <mount point> writing <path>` with the space left; otherwise the OS error's reason."""

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import samft
-from samft.io.files import output_stem, prepare_output_dir, sha256_file, write_json_atomic
+from samft.io.files import (
+    OutputError,
+    output_stem,
+    prepare_output_dir,
+    sha256_file,
+    write_json_atomic,
+)
 from samft.model.registry import get_hyper_params
 from samft.weights.known import resolve_checkpoint
 from samft.weights.lightning import SIDECAR_FORMAT, final_validation_metrics, read_lightning_info
@@ -66,6 +72,7 @@ def export_checkpoint(
     checkpoint = resolve_checkpoint(checkpoint)
     stem = output_stem(output)
     prepare_output_dir(stem.parent, f"output={output}")
+    refuse_folders_in_the_way(stem, format, output)
 
     state_dict, found_variant = read_sam_state_dict(checkpoint, variant)
     image_size = infer_image_size(state_dict)
@@ -196,3 +203,19 @@ def _default_permissions(path: Path) -> None:
 
 def _file_entry(path: Path) -> dict[str, Any]:
     return {"path": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def refuse_folders_in_the_way(stem: Path, format: str, output: str | Path) -> None:
+    """OutputError, before any work, when a file the export writes is an existing folder."""
+    suffixes = {
+        "official": list(WEIGHT_FORMATS.values()),
+        "onnx": [".encoder.onnx", ".decoder.onnx"],
+        "transformers": [],
+    }.get(format, [WEIGHT_FORMATS.get(format, "")])
+    for suffix in [*suffixes, ".json"]:
+        target = stem.with_name(stem.name + suffix)
+        if target.is_dir():
+            raise OutputError(
+                f"output={output}: the export would write the file {target}, which is a "
+                "folder; give output= a file name (e.g. exports/my_sam) or move that folder"
+            )

@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from samft.io.files import write_error
+from samft.io.files import disk_full_error, write_error
 from samft.model.lora import has_lora_keys, merge_lora_state_dict
 from samft.weights.files import CheckpointError, independent_tensors
 from samft.weights.read import SAM_PARTS, _strip_prefixes
@@ -59,6 +59,11 @@ def save_sam(model_or_state_dict: nn.Module | Mapping[str, Tensor], path: str | 
         os.replace(tmp, path)
     except OSError as err:
         raise write_error(path, err) from err
+    except RuntimeError as err:  # torch's writer: a full disk as "unexpected pos"
+        full = disk_full_error(err)
+        if full is None:
+            raise
+        raise write_error(path, full) from err
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -44,3 +44,20 @@ def test_export_command_reports_a_wrong_checkpoint_clearly(tmp_path, capsys):
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     assert "CheckpointError" in err and "weights.ckpt" in err and "not a SAM state dict" in err
+
+
+def test_an_export_onto_a_folder_is_refused_before_any_work(tmp_path):
+    from samft.io.files import OutputError
+    from samft.model.registry import build_sam
+    from samft.weights import save_sam
+    from samft.weights.export import export_checkpoint
+
+    torch.manual_seed(0)
+    weights = save_sam(build_sam("tiny"), tmp_path / "tiny.pth")
+    (tmp_path / "m.encoder.onnx").mkdir()
+    with pytest.raises(OutputError, match=r"would write the file .*m\.encoder\.onnx, which is a"):
+        export_checkpoint(weights, tmp_path / "m.onnx", format="onnx")
+    (tmp_path / "n.pth").mkdir()
+    with pytest.raises(OutputError, match=r"n\.pth, which is a folder"):
+        export_checkpoint(weights, tmp_path / "n", format="official")
+    assert not (tmp_path / "n.safetensors").exists() and not (tmp_path / "n.json").exists()

@@ -215,3 +215,19 @@ def test_crowd_regions_are_not_objects_to_find(tmp_path):
         checkpoint, spec, points_per_side=2, pred_iou_threshs=[0.0], stability_score_threshs=[0.0]
     )
     assert result.summary.metrics["n_gt"] == 1 and result.images[0]["n_gt"] == 1
+
+
+def test_a_sidecar_on_a_read_only_disk_is_refused_before_any_model_runs(tmp_path, read_only_folder):
+    from samft.commands.eval_instance import sidecar_targets
+    from samft.io.files import OutputError
+    from samft.model.registry import build_sam
+    from samft.weights import save_sam
+
+    torch.manual_seed(0)
+    weights = save_sam(build_sam("tiny"), tmp_path / "tiny.pth")
+    folder, seal = read_only_folder
+    exported = export_checkpoint(weights, folder / "tiny", format="pth")
+    assert sidecar_targets(str(exported["sidecar"]), [str(weights)]) == [exported["sidecar"]]
+    seal()
+    with pytest.raises(OutputError, match=rf"instance.write_thresholds_to={exported['sidecar']}"):
+        sidecar_targets(str(exported["sidecar"]), [str(weights)])

@@ -261,6 +261,17 @@ def test_a_full_disk_when_saving_weights_is_one_sentence(tmp_path, suffix):
     assert not target.exists()
 
 
+def test_a_disk_that_fills_during_a_save_is_one_sentence(small_disk):
+    """A real full file system: torch's writer fails with 'unexpected pos' there."""
+    last = small_disk / "last.ckpt"
+    save_atomic({"global_step": 1}, last, keep_previous=True)
+    with pytest.raises(OutputError, match=f"^no space left on {small_disk} saving checkpoint"):
+        save_atomic({"global_step": 2, "w": torch.zeros(200_000)}, last, keep_previous=True)
+    assert torch.load(last, weights_only=True)["global_step"] == 1
+    with pytest.raises(OutputError, match=f"^no space left on {small_disk} writing"):
+        save_sam(build_sam("tiny"), small_disk / "initial.pth")
+
+
 def test_a_full_disk_deep_inside_a_library_is_one_line_exit_2():
     from samft.__main__ import describe_error
 
