@@ -30,7 +30,7 @@ COMMANDS = {
     "data": "Dataset statistics and a picture of augmented samples with prompts.",
     "weights": "Known pretrained weights (sam_vit_b, mobile_sam, litemedsam...): list, fetch.",
 }
-CONFIG_NAMES = {"cache": "train", "data": "train"}  # the others compose conf/<command>.yaml
+CONFIG_NAMES = {"data": "data_report"}  # the others compose conf/<command>.yaml
 ENV_COMMAND = "SAMFT_COMMAND"
 ENV_TRACEBACK = "SAMFT_TRACEBACK"  # the user's HYDRA_FULL_ERROR, kept for DDP children
 USER_ERROR = 2
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault(ENV_TRACEBACK, os.environ.get("HYDRA_FULL_ERROR", "0"))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises: the errors are reported below
     sys.argv = argv
+    from samft.commands.quiet import quiet_library_noise
+
+    quiet_library_noise()
     module = importlib.import_module(f"samft.commands.{command}")
     try:
         module.main()

@@ -80,7 +80,7 @@ def _loader(reader, record):
     return lambda: reader.load_image(record)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="cache")
 def main(cfg: DictConfig) -> None:
     allow_image_pixels(cfg.max_image_pixels)
     OmegaConf.resolve(cfg)

@@ -8,6 +8,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from samft.commands.quiet import without_wandb_anonymous
 from samft.commands.schema import check_group
 from samft.data.augment import build_augment
 from samft.data.cache import EmbeddingCache, cache_key, why_not_cached
@@ -69,7 +70,8 @@ def open_embedding_cache(cfg: DictConfig, module: SamFineTuner) -> EmbeddingCach
 
 
 def build_loggers(cfg: DictConfig) -> list:
-    return [instantiate(spec) for spec in (cfg.get("logger") or {}).values() if spec]
+    specs = (cfg.get("logger") or {}).values()
+    return [without_wandb_anonymous(instantiate(spec)) for spec in specs if spec]
 
 
 def build_callbacks(cfg: DictConfig) -> list:

@@ -30,7 +30,7 @@ def summary_lines(splits: dict[str, dict]) -> list[str]:
     return lines
 
 
-@hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="data_report")
 def main(cfg: DictConfig) -> None:
     allow_image_pixels(cfg.max_image_pixels)
     prepare_dataset(cfg)

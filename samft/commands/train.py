@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import pickle
 import shlex
 import signal
+import sys
 from pathlib import Path
 
 import hydra
@@ -42,6 +44,7 @@ from samft.weights.files import (
     allowed_checkpoint_types,
     load_tensor_file,
 )
+from samft.weights.lightning import read_lightning_info
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +81,19 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         module.model_config.variant,
         module.model.image_size,
     )
+    if getattr(module.model.image_encoder, "freeze_batchnorm", False):
+        log.info(
+            "the TinyViT encoder's BatchNorm layers keep their released running statistics "
+            "(eval mode) during training, as intended for small batches; their weights train"
+        )
     prepare_dataset(cfg)
     datamodule = build_datamodule(cfg, open_embedding_cache(cfg, module))
     loggers = build_loggers(cfg)
     if is_launcher_process():
-        keep_earlier_metrics(loggers)
+        resumed = (
+            read_lightning_info(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
+        )
+        keep_earlier_metrics(loggers, resumed["global_step"] if resumed else None)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=build_callbacks(cfg))
     if not cfg.model.checkpoint and not ckpt_path and trainer.is_global_zero:
         # trained from scratch: keep the start point, so `samft eval` can show the gain
@@ -99,6 +110,14 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
                 log.info("zero-shot baseline: val/miou=%.4f", miou)
         with allowed_checkpoint_types():  # Lightning's own load of ckpt_path runs no code
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if trainer.global_step > 0 and module.validated_at_step != trainer.global_step:
+            # e.g. max_steps reached between two validations: score the final weights once
+            log.info(
+                "training ended at step %d, after the last validation (step %s): validating",
+                trainer.global_step,
+                module.validated_at_step,
+            )
+            trainer.validate(module, datamodule=datamodule, verbose=False)
     except pickle.UnpicklingError as err:  # ckpt_path=last/hpc: a file Lightning found itself
         raise UnsafeCheckpointError(
             f"ckpt_path={ckpt_path}: refusing to load the checkpoint Lightning resolved: its "
@@ -242,19 +261,35 @@ def _check_same_model(path: Path, saved: dict, variant: str | None, image_size: 
         )
 
 
-def keep_earlier_metrics(loggers: list) -> None:
-    """Lightning's CSVLogger deletes an existing `metrics.csv` (a resume into the same
-    run folder): move it aside as `metrics-<n>.csv` first."""
+def keep_earlier_metrics(loggers: list, resume_step: int | None = None) -> None:
+    """One `metrics.csv` with every row of the run, across resumes.
+
+    Lightning's CSVLogger deletes an existing `metrics.csv` when it starts (a resume into
+    the same run folder). The file is first kept as `metrics-<n>.csv` (a backup), then its
+    rows from before `resume_step` (the checkpoint's step; None: all) start the new
+    `metrics.csv`, and the logger appends to them."""
     for logger in loggers:
         if not isinstance(logger, CSVLogger):
             continue
         current = Path(logger.log_dir) / "metrics.csv"
-        if current.is_file():
-            n = 1
-            while (current.parent / f"metrics-{n}.csv").exists():
-                n += 1
-            current.rename(current.parent / f"metrics-{n}.csv")
-            log.info("kept the earlier %s as metrics-%d.csv", current, n)
+        if not current.is_file():
+            continue
+        n = 1
+        while (current.parent / f"metrics-{n}.csv").exists():
+            n += 1
+        backup = current.rename(current.parent / f"metrics-{n}.csv")
+        with open(backup, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if resume_step is not None:
+            rows = [r for r in rows if not r.get("step") or int(float(r["step"])) < resume_step]
+        writer = logger.experiment  # created now: nothing left for it to delete
+        keys = sorted({key for row in rows for key in row})
+        with open(current, "w", newline="") as handle:
+            table = csv.DictWriter(handle, fieldnames=keys)
+            table.writeheader()
+            table.writerows(rows)
+        writer.metrics_keys = keys
+        log.info("metrics.csv continues the %d earlier rows (backup: %s)", len(rows), backup)
 
 
 def _write_json(path: Path, values: dict) -> None:
@@ -262,8 +297,28 @@ def _write_json(path: Path, values: dict) -> None:
     path.write_text(json.dumps({k: float(v) for k, v in values.items()}, indent=2, sort_keys=True))
 
 
+def resume_in_place(argv: list[str]) -> list[str]:
+    """`argv` plus `hydra.run.dir=<run>` when `ckpt_path=` names a checkpoint inside a samft
+    run folder (`<run>/checkpoints/*.ckpt`) and no run folder is given: a resumed run goes
+    on in its own folder, with one log, one metrics file and its checkpoints together."""
+    given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("ckpt_path=")]
+    if not given or any(a.startswith(("hydra.run.dir=", "+hydra.run.dir=")) for a in argv):
+        return argv
+    checkpoint = Path(given[-1])
+    run = checkpoint.parent.parent
+    if checkpoint.parent.name != "checkpoints" or not (run / "csv").is_dir():
+        return argv
+    return [*argv, f"hydra.run.dir={run.resolve()}"]
+
+
+def main() -> None:
+    """Run the Hydra app, in the run's own folder when resuming its checkpoint."""
+    sys.argv = resume_in_place(sys.argv)
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="train")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     allow_image_pixels(cfg.max_image_pixels)
     quiet_library_noise()
     OmegaConf.resolve(cfg)

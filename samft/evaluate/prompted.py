@@ -28,6 +28,7 @@ from samft.data.dataset import SamDataset
 from samft.data.prompts import PromptSampler, stable_seed
 from samft.data.readers import build_reader
 from samft.evaluate.report import CheckpointSummary, describe_checkpoint
+from samft.io.progress import TestProgress, off_terminal
 from samft.model.prompts import pad_tokens
 from samft.model.registry import get_hyper_params
 from samft.train.module import SamFineTuner
@@ -198,6 +199,9 @@ def evaluate_checkpoint(
         "enable_progress_bar": False,
     }
     options.update(dict(trainer_options or {}))
+    if off_terminal():  # a log file, CI: progress lines instead of a bar's carriage returns
+        options["enable_progress_bar"] = False
+        options["callbacks"] = [TestProgress(f"eval {summary.path}", len(dataset), batch_size)]
     trainer = L.Trainer(**options)
     log.info(
         "evaluating %s (%s, %s, %d px) on %d images",

@@ -37,7 +37,9 @@ from samft.infer.automatic import CROP_OVERLAP_RATIO, AutomaticMaskGenerator
 from samft.infer.instance_overlay import draw_instances
 from samft.infer.predict import list_images
 from samft.infer.record_masks import records_to_labels, segmentation_mask
+from samft.io.drawing import write_note
 from samft.io.files import prepare_output_dir, write_json_atomic
+from samft.io.progress import ProgressLines, off_terminal
 from samft.model.device import resolve_device
 from samft.weights import load_sam
 from samft.weights.known import resolve_checkpoint
@@ -175,12 +177,24 @@ def segment(
         "thresholds_source": sources,
         "images": [],
     }
+    progress = ProgressLines("segment", len(images)) if off_terminal() else None
     with logging_redirect_tqdm():
-        for path, key in tqdm(images, desc="segment", unit="image", disable=None):
+        for done, (path, key) in enumerate(
+            tqdm(images, desc="segment", unit="image", disable=None), 1
+        ):
             report["images"].append(_segment_one(generator, path, key, out_dir, overlay))
+            if progress is not None:
+                progress.update(done)
     write_json_atomic(out_dir / "segments.json", report)
     log.info("%d image(s) segmented into %s", len(images), out_dir)
     return report
+
+
+def _thresholds_text(generator: AutomaticMaskGenerator) -> list[str]:
+    return [
+        f"pred_iou_thresh={generator.pred_iou_thresh:g}",
+        f"stability_score_thresh={generator.stability_score_thresh:g}",
+    ]
 
 
 def _segment_one(
@@ -205,7 +219,19 @@ def _segment_one(
     )
     if overlay:
         files["overlay"] = folder / "overlay.png"
-        Image.fromarray(draw_instances(image, labels)).save(files["overlay"])
+        picture = draw_instances(image, labels)
+        if not records:
+            picture = write_note(picture, ["no mask kept:", *_thresholds_text(generator)])
+        Image.fromarray(picture).save(files["overlay"])
+    if not records:
+        log.warning(
+            "%s: no mask kept at %s; the model's scores may sit below Meta's defaults: search "
+            "thresholds that fit it with `python -m samft eval mode=instance checkpoint=... "
+            "data.val.*=... instance.write_thresholds_to=<export>.json`, or set them here "
+            "(pred_iou_thresh=, stability_score_thresh=)",
+            key,
+            ", ".join(_thresholds_text(generator)),
+        )
     instances = int(labels.max(initial=0))
     log.info("%s: %d mask(s), %d instance(s) in %s", key, len(records), instances, folder)
     return {

@@ -52,6 +52,7 @@ class SamFineTuner(L.LightningModule):
         optim: dict | OptimConfig | None = None,
     ) -> None:
         super().__init__()
+        self.validated_at_step: int | None = None  # the step of the last validation in fit
         self.model_config = as_config(ModelConfig, model, "model")
         self.finetune_config = as_config(FinetuneConfig, finetune, "finetune")
         self.interactive_config = as_config(InteractiveConfig, interactive, "interactive")
@@ -266,6 +267,8 @@ class SamFineTuner(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")
+        if not self.trainer.sanity_checking:
+            self.validated_at_step = self.trainer.global_step
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "test")

@@ -53,6 +53,7 @@ def test_eval_two_checkpoints_side_by_side(original, run, ct_organs, tmp_path, c
     )
     table = capsys.readouterr().out
     assert f"A: {original} (weights, tiny, 256 px)" in table
+    assert f"eval {run}: 1/1 images, " in table  # progress, as the output is no terminal
     assert f"B: {run} (lightning, tiny, 256 px)" in table
     report = json.loads((tmp_path / "report.json").read_text())
     a, b = (c["metrics"] for c in report["checkpoints"])

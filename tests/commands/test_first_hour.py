@@ -67,6 +67,28 @@ def test_help_lists_the_commands_own_keys_not_the_training_groups(command, capsy
         assert "prompts=FILE" in out and "prompts_file" not in out
 
 
+@pytest.mark.parametrize("command", ["train", "cache", "data"])
+def test_training_side_commands_have_their_own_usage(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["samft", command, "--help"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert out.startswith(f"python -m samft {command} +experiment=NAME")
+    assert "experiment: demo" in out and "model: lite_medsam" in out  # the groups listed
+
+
+@pytest.mark.parametrize("command, folder", [("cache", "cache"), ("data", "data")])
+def test_cache_and_data_keep_their_folders_out_of_the_training_runs(command, folder):
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    name = {"data": "data_report"}.get(command, command)
+    with initialize_config_module("samft.conf", version_base="1.3"):
+        cfg = compose(name, overrides=["+experiment=litemedsam_decoder"], return_hydra_config=True)
+    assert cfg.hydra.run.dir.startswith(f"outputs/{folder}/")
+    assert cfg.model.variant == "lite_medsam"  # the recipe still applies
+
+
 def test_weights_help_shows_how_to_fetch_and_add(capsys, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         main(["samft", "weights", "--help"])

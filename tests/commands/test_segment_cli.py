@@ -199,3 +199,35 @@ def test_bad_inputs_are_short_errors_naming_the_file(photos, tmp_path, capsys):
 
     err = _cli_error(capsys, missing_ckpt, f"input={photos}", "output=out")
     assert "never_loaded.pth" in err  # only now is the checkpoint looked at
+
+
+def test_an_image_without_masks_is_explained_in_the_log_and_the_overlay(
+    weights, photos, tmp_path, caplog
+):
+    from samft.infer.instance_overlay import draw_instances
+
+    caplog.set_level("INFO")
+    image = tmp_path / "a.png"
+    Image.open(photos / "a.png").resize((224, 160)).save(image)
+    segment(weights, image, tmp_path / "out", points_per_side=2, pred_iou_thresh=1.0,
+            stability_score_thresh=1.0)  # fmt: skip  (no mask can pass these)
+    assert "a.png: no mask kept at pred_iou_thresh=1, stability_score_thresh=1" in caplog.text
+    assert "instance.write_thresholds_to=" in caplog.text
+    assert "segment: 1/1 images" in caplog.text  # a progress line: the log is no terminal
+    overlay = np.asarray(Image.open(tmp_path / "out" / "a" / "overlay.png"))
+    picture = np.asarray(Image.open(image).convert("RGB"))
+    plain = draw_instances(picture, np.zeros(picture.shape[:2], dtype=np.int32))
+    assert (overlay != plain).any(axis=2)[:12].mean() > 0.5  # the note darkens the top rows
+    assert (overlay == plain).all(axis=2)[-60:].all()  # the rest of the picture is untouched
+
+
+def test_progress_lines_say_done_elapsed_and_left(monkeypatch, caplog):
+    from samft.io import progress
+
+    clock = iter([100.0, 103.0, 104.0, 130.0])  # start, then one reading per update
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    caplog.set_level("INFO")
+    lines = progress.ProgressLines("eval", 4, every_s=10)
+    assert lines.update(1) == "eval: 1/4 images, 3 s elapsed, ~9 s left"
+    assert lines.update(2) is None  # 1 s after the last line
+    assert lines.update(4) == "eval: 4/4 images, 30 s elapsed"

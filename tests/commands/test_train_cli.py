@@ -225,3 +225,28 @@ def test_two_simulated_nodes_score_like_one_process(tmp_path):
     assert two["val/num_objects"] == one["val/num_objects"]
     for key in ("val/miou", "val/dice", "val/miou/click_1"):
         assert abs(two[key] - one[key]) < 1e-4, (key, one[key], two[key])
+
+
+@pytest.mark.slow
+def test_a_short_run_validates_at_its_end_and_a_resume_continues_in_its_folder(tmp_path):
+    """max_steps before the first validation still ends with final metrics; resuming the
+    run's own last.ckpt (no hydra.run.dir) goes on in that folder, one metrics.csv."""
+    out = tmp_path / "run"
+    args = _overrides(
+        tmp_path / "data", out, "trainer.check_val_every_n_epoch=50", "trainer.max_epochs=50",
+        "validate_before_training=false", "trainer.log_every_n_steps=1",
+    )  # fmt: skip
+    first = _run([*args, "trainer.max_steps=2"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert 0 <= final["val/miou"] <= 1  # validated once, at step 2
+    last = out / "checkpoints" / "last.ckpt"
+
+    elsewhere = [a for a in args if not a.startswith("hydra.run.dir=")]
+    second = _run([*elsewhere, "trainer.max_steps=4", f"ckpt_path={last}"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert not (tmp_path / "outputs").exists()  # no new dated folder
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
+    steps = [int(r["step"]) for r in _metrics(out) if r.get("train/loss")]
+    assert steps == [0, 1, 2, 3]  # every training row, the first run's and the resumed ones
+    assert (out / "csv" / "metrics-1.csv").is_file()  # the first run's file, kept as it was

@@ -3,6 +3,7 @@ writes, the run-folder lock, resume checks and the CSV log of a resumed run."""
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -148,16 +149,33 @@ def test_save_keeps_previous_last_and_resume_falls_back_to_it(tmp_path, caplog):
 
 
 # ----------------------------------------------------------------------- 4. CSV on resume
-def test_resumed_run_keeps_earlier_metrics_rows(tmp_path):
+def _rows(path: Path) -> list[tuple[str, str, str]]:
+    with open(path, newline="") as handle:
+        return [
+            (r["step"], r.get("train/loss", ""), r.get("val/miou", ""))
+            for r in csv.DictReader(handle)
+        ]
+
+
+def test_resumed_run_keeps_every_metrics_row_in_one_file(tmp_path):
     first = CSVLogger(tmp_path, name="csv", version="")
-    first.log_metrics({"train/loss": 1.0}, step=0)
+    for step in (0, 4, 8):  # the run saved its checkpoint at step 4, then went on to 8
+        first.log_metrics({"train/loss": 1.0 - step / 10}, step=step)
     first.save()
     second = CSVLogger(tmp_path, name="csv", version="")
-    keep_earlier_metrics([second])
-    second.log_metrics({"train/loss": 0.5}, step=5)
+    keep_earlier_metrics([second], resume_step=5)  # resumed from the step-4 checkpoint
+    second.log_metrics({"train/loss": 0.45}, step=5)
+    second.log_metrics({"val/miou": 0.7}, step=6)  # a new column: the file is rewritten
     second.save()
-    assert "train/loss" in (tmp_path / "csv" / "metrics-1.csv").read_text()
-    assert (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[1].startswith("5,")
+    assert _rows(tmp_path / "csv" / "metrics.csv") == [
+        ("0", "1.0", ""), ("4", "0.6", ""), ("5", "0.45", ""), ("6", "", "0.7")
+    ]  # fmt: skip
+    assert len(_rows(tmp_path / "csv" / "metrics-1.csv")) == 3  # the backup, whole
+    third = CSVLogger(tmp_path, name="csv", version="")  # a second resume keeps them all
+    keep_earlier_metrics([third], resume_step=None)
+    third.log_metrics({"train/loss": 0.4}, step=7)
+    third.save()
+    assert [r[0] for r in _rows(tmp_path / "csv" / "metrics.csv")] == ["0", "4", "5", "6", "7"]
 
 
 # ---------------------------------------------------------------------- 5. run lock

@@ -90,7 +90,7 @@ class SaveOnSignal(L.Callback):
             return
         if self.received is None:  # a SIGTERM that reached Lightning's handler only
             self.received = int(signal.SIGTERM)
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, to resume
         if trainer.is_global_zero:
             log.warning("saved %s at step %d", self.path, trainer.global_step)
 
