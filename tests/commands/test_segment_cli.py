@@ -209,8 +209,14 @@ def test_an_image_without_masks_is_explained_in_the_log_and_the_overlay(
     caplog.set_level("INFO")
     image = tmp_path / "a.png"
     Image.open(photos / "a.png").resize((224, 160)).save(image)
-    segment(weights, image, tmp_path / "out", points_per_side=2, pred_iou_thresh=1.0,
-            stability_score_thresh=1.0)  # fmt: skip  (no mask can pass these)
+    segment(
+        weights,
+        image,
+        tmp_path / "out",
+        points_per_side=2,
+        pred_iou_thresh=1.0,
+        stability_score_thresh=1.0,
+    )  # fmt: skip  (no mask can pass these)
     assert "a.png: no mask kept at pred_iou_thresh=1, stability_score_thresh=1" in caplog.text
     assert "instance.write_thresholds_to=" in caplog.text
     assert "segment: 1/1 images" in caplog.text  # a progress line: the log is no terminal
