@@ -183,7 +183,7 @@ class Sam2(nn.Module):
     def prepare_image(self, image: np.ndarray) -> Tensor:
         """`H x W x 3` uint8 RGB (original frame) -> `1 x 3 x S x S` encoder input on the
         model's device (`preprocess`)."""
-        tensor = torch.as_tensor(np.ascontiguousarray(image), device=self.device)
+        tensor = torch.from_numpy(np.array(image, order="C")).to(self.device)  # own copy
         return self.preprocess(tensor.permute(2, 0, 1)[None])
 
     def masks_to_original(
