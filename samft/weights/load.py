@@ -111,9 +111,9 @@ def read_sam_state_dict(
         found = infer_variant(state_dict)
     except CheckpointError as err:
         raise CheckpointError(
-            f"checkpoint={path}: {err}. Expected Meta's SAM .pth or SAM 2 .pt, a samft "
-            "Lightning checkpoint (.ckpt from `samft train`) or a samft export "
-            "(.pth / .safetensors)"
+            f"checkpoint={path}: {err}. Expected Meta's SAM .pth, a samft Lightning "
+            "checkpoint (.ckpt from `samft train`), a samft export (.pth / .safetensors) or "
+            "Meta's SAM 2 .pt"
         ) from None
     if variant is not None and not _agrees(variant, found, state_dict):
         message = _version_mismatch(f"={path}", found, variant)
