@@ -115,6 +115,7 @@ def read_sam_state_dict(
             "checkpoint (.ckpt from `samft train`), a samft export (.pth / .safetensors) or "
             "Meta's SAM 2 .pt"
         ) from None
+    check_video_parts(state_dict, f"={path}")  # Meta's build_sam2 refuses a partial one
     if variant is not None and not _agrees(variant, found, state_dict):
         message = _version_mismatch(f"={path}", found, variant)
         raise CheckpointError(

@@ -117,6 +117,9 @@ def test_partial_video_parts_are_refused_naming_the_file(meta_model, tmp_path):
     torch.save({"model": state}, path)
     with pytest.raises(CheckpointError, match=rf"{path}.*not memory_encoder"):
         load_sam(path)
+    with pytest.raises(CheckpointError, match=rf"{path}.*not memory_encoder"):
+        export_checkpoint(path, tmp_path / "out")
+    assert not (tmp_path / "out.pth").exists()
 
 
 def test_a_missing_image_tensor_is_refused_naming_file_and_key(meta_model, tmp_path):
