@@ -1,29 +1,39 @@
-"""Prompted inference with the official `SamPredictor` API, on samft's `Sam`.
+"""Prompted inference with the official predictors' API, for both SAM generations.
 
-Encode an image once with `set_image`, then call `predict` as often as needed with
-points, a box and/or a previous low-res mask. Prompts to `predict` are in the original
-image frame (pixels, x/y); `predict_torch` takes them already in the input frame.
+One predictor for `Sam` (Meta's `SamPredictor`) and `Sam2` (Meta's `SAM2ImagePredictor`):
+encode an image once with `set_image`, then call `predict` as often as needed with points,
+a box and/or a previous low-res mask. Each generation's own steps (resizing, features,
+how a box is prompted, how masks return to the image, the clamp SAM 2 puts on the
+low-res logits it returns) sit behind the model's side of `samft.model.promptable`.
+
+Prompts to `predict` are in the original image frame (pixels, x/y); `predict_torch`
+takes them already in the input frame. Masks come back as booleans (logits with
+`return_logits`); Meta's SAM 2 predictor gives the same values as float 0 / 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from samft.model.sam import Sam
+from samft.model.promptable import PromptableSam
 from samft.model.transforms import ResizeLongestSide
 
 
 class SamPredictor:
-    """Holds one image's embedding and predicts masks for prompts on it."""
+    """Holds one image's features and predicts masks for prompts on it."""
 
-    def __init__(self, sam_model: Sam) -> None:
+    def __init__(self, sam_model: PromptableSam) -> None:
         self.model = sam_model
-        self.transform = ResizeLongestSide(
-            sam_model.image_encoder.img_size, getattr(sam_model, "resize_interpolation", "bilinear")
+        # SAM's resize to the input frame, for callers that move prompts themselves (the
+        # automatic mask generator); SAM 2 resizes inside `prepare_image` (None here).
+        interpolation = getattr(sam_model, "resize_interpolation", None)
+        self.transform = (
+            ResizeLongestSide(sam_model.image_size, interpolation) if interpolation else None
         )
         self.reset_image()
 
@@ -32,12 +42,13 @@ class SamPredictor:
         return self.model.device
 
     def reset_image(self) -> None:
-        """Forget the current image and its embedding."""
+        """Forget the current image and its features."""
         self.is_image_set = False
-        self.features: Tensor | None = None
+        self.features: Any = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
 
+    @torch.no_grad()
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Encode an `H x W x 3` uint8 image given in `image_format` ("RGB" or "BGR")."""
         if image_format not in ("RGB", "BGR"):
@@ -46,25 +57,30 @@ class SamPredictor:
             raise ValueError(f"set_image expects an H x W x 3 image, got shape {image.shape}")
         if image_format != self.model.image_format:
             image = image[..., ::-1]
-        resized = self.transform.apply_image(image)
-        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()
-        self.set_torch_image(tensor[None], image.shape[:2])
+        x = self.model.prepare_image(image)
+        self.reset_image()
+        self.original_size = (int(image.shape[0]), int(image.shape[1]))
+        self.input_size = self.model.input_frame_size(self.original_size)
+        self.features = self.model.encode(x)
+        self.is_image_set = True
 
     @torch.no_grad()
     def set_torch_image(
         self, transformed_image: Tensor, original_image_size: Sequence[int]
     ) -> None:
-        """Encode a `1 x 3 x h x w` image already resized to long side S (input frame)."""
-        size = self.model.image_encoder.img_size
+        """Encode a `1 x 3 x h x w` image (RGB, [0, 255]) already in the input frame: long
+        side S for SAM, the S x S square for SAM 2."""
+        size = self.model.image_size
         shape = tuple(transformed_image.shape)
-        if len(shape) != 4 or shape[1] != 3 or max(shape[2:]) != size:
-            raise ValueError(
-                f"set_torch_image expects 1 x 3 x h x w with long side {size}, got {shape}"
-            )
+        square = self.model.input_frame_size((1, size)) == (size, size)
+        in_frame = len(shape) == 4 and shape[1] == 3 and max(shape[2:]) == size
+        if not in_frame or (square and shape[2] != shape[3]):
+            kind = f"{size} x {size}" if square else f"h x w with long side {size}"
+            raise ValueError(f"set_torch_image expects 1 x 3 x {kind}, got {shape}")
         self.reset_image()
         self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
         self.input_size = (shape[2], shape[3])
-        self.features = self.model.image_encoder(self.model.preprocess(transformed_image))
+        self.features = self.model.encode(self.model.preprocess(transformed_image))
         self.is_image_set = True
 
     def predict(
@@ -93,14 +109,18 @@ class SamPredictor:
         if point_coords is not None:
             if point_labels is None:
                 raise ValueError("point_labels must be given with point_coords")
-            moved = self.transform.apply_coords(point_coords, self.original_size)
-            coords = torch.as_tensor(moved, dtype=torch.float, device=self.device)[None]
-            labels = torch.as_tensor(point_labels, dtype=torch.int, device=self.device)[None]
+            given = torch.as_tensor(np.asarray(point_coords, dtype=np.float64))
+            coords = self.model.transform_coords(given, self.original_size).to(self.device)
+            labels = torch.as_tensor(point_labels, dtype=torch.int, device=self.device)
+            if coords.ndim == 2:
+                coords, labels = coords[None], labels[None]
         if box is not None:
-            moved = self.transform.apply_boxes(box, self.original_size)
-            boxes = torch.as_tensor(moved, dtype=torch.float, device=self.device)[None, :]
+            given = torch.as_tensor(np.asarray(box, dtype=np.float64)).reshape(-1, 4)
+            boxes = self.model.transform_boxes(given, self.original_size).to(self.device)
         if mask_input is not None:
-            masks = torch.as_tensor(mask_input, dtype=torch.float, device=self.device)[None]
+            masks = torch.as_tensor(mask_input, dtype=torch.float, device=self.device)
+            if masks.ndim == 3:
+                masks = masks[None]
 
         out_masks, iou, low_res = self.predict_torch(
             coords, labels, boxes, masks, multimask_output, return_logits=return_logits
@@ -133,24 +153,21 @@ class SamPredictor:
             `B x M x s x s`.
         """
         self._require_image()
-        points = (point_coords, point_labels) if point_coords is not None else None
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        low_res, iou = self.model.mask_decoder(
-            image_embeddings=self.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-        )
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        low_res, iou = self.model.decode(
+            self.features, point_coords, point_labels, boxes, mask_input, multimask_output
+        )[:2]
+        masks = self.model.masks_to_original(low_res, self.input_size, self.original_size)
+        if self.model.low_res_clamp is not None:  # SAM 2: as Meta's predictor returns them
+            low_res = low_res.clamp(-self.model.low_res_clamp, self.model.low_res_clamp)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
 
     def get_image_embedding(self) -> Tensor:
-        """`1 x C x h x w`: the current image's embedding."""
+        """`1 x C x h x w`: the current image's embedding (for SAM 2 the lowest level,
+        `no_mem_embed` added, as Meta's predictor gives it)."""
         self._require_image()
-        return self.features
+        return self.features if isinstance(self.features, Tensor) else self.features.image_embed
 
     def _require_image(self) -> None:
         if not self.is_image_set:

@@ -13,6 +13,10 @@ Pixel normalisation belongs to the model variant (`Sam.normalization`):
 
 Both run on the resized image before padding, so the zero padding never enters the
 statistics and stays zero.
+
+`input_frame_size`, `prepare_image`, `encode`, `transform_coords` / `transform_boxes`,
+`decode` and `masks_to_original` are the interface prompted inference shares with SAM 2
+(`samft.model.promptable`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,6 +33,7 @@ from samft.model.image_encoder import ImageEncoderViT
 from samft.model.mask_decoder import MaskDecoder
 from samft.model.prompt_encoder import PromptEncoder
 from samft.model.tiny_vit import TinyViT
+from samft.model.transforms import ResizeLongestSide, input_shape
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -48,6 +54,7 @@ class Sam(nn.Module):
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    low_res_clamp: float | None = None  # SAM's predictor returns its low-res logits as they are
 
     def __init__(
         self,
@@ -117,6 +124,81 @@ class Sam(nn.Module):
         masks = masks[..., : int(input_size[0]), : int(input_size[1])]
         original = (int(original_size[0]), int(original_size[1]))
         return F.interpolate(masks, original, mode="bilinear", align_corners=False)
+
+    # --- the interface shared with SAM 2 (samft.model.promptable) ---------------------------
+
+    def input_frame_size(self, original_size: Sequence[int]) -> tuple[int, int]:
+        """(h, w): an H x W image with its long side scaled to S."""
+        return input_shape(int(original_size[0]), int(original_size[1]), self.image_size)
+
+    def prepare_image(self, image: np.ndarray) -> Tensor:
+        """`H x W x 3` uint8 RGB (original frame) -> `1 x 3 x S x S` encoder input: resized
+        to long side S with the family's filter (PIL bilinear as the official
+        `ResizeLongestSide`, or area), normalised, padded."""
+        resized = ResizeLongestSide(self.image_size, self.resize_interpolation).apply_image(image)
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()
+        return self.preprocess(tensor[None])
+
+    def encode(self, x: Tensor) -> Tensor:
+        """`B x 3 x S x S` encoder input -> image embeddings `B x C x S/16 x S/16`."""
+        return self.image_encoder(x)
+
+    def transform_coords(self, coords: Tensor, original_size: Sequence[int]) -> Tensor:
+        """`... x 2` (x, y) pixels, original frame (H, W) -> float32, input frame. The scale
+        is applied in float64, as the official predictor's numpy transform does."""
+        h, w = int(original_size[0]), int(original_size[1])
+        new_h, new_w = self.input_frame_size((h, w))
+        scale = torch.tensor([new_w / w, new_h / h], dtype=torch.float64, device=coords.device)
+        return (coords.to(torch.float64) * scale).to(torch.float32)
+
+    def transform_boxes(self, boxes: Tensor, original_size: Sequence[int]) -> Tensor:
+        """`N x 4` boxes (x0, y0, x1, y1), original frame -> `N x 4` float32, input frame."""
+        return self.transform_coords(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+    def decode(
+        self,
+        features: Tensor,
+        point_coords: Tensor | None = None,
+        point_labels: Tensor | None = None,
+        boxes: Tensor | None = None,
+        mask_inputs: Tensor | None = None,
+        multimask_output: bool = True,
+        image_index: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Masks for N prompts, coordinates in the input frame, as the official predictor.
+
+        Args:
+            features: `encode` of one image (`1 x C x h' x w'`, shared by all prompts) or
+                of B images with `image_index`.
+            point_coords, point_labels: `N x P x 2` and `N x P`, or None.
+            boxes: `N x 4` (x0, y0, x1, y1), or None: embedded as a box, after the points.
+            mask_inputs: `N x 1 x 4h' x 4w'` low-res logits, or None.
+            multimask_output: the 3 multimask outputs instead of the single one.
+            image_index: LongTensor `N`, each prompt's image in `features`.
+
+        Returns:
+            low-res logits `N x M x 4h' x 4w'` and IoU predictions `N x M` (M = 3 or 1).
+        """
+        points = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must come with point_coords")
+            points = (point_coords, point_labels)
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_inputs)
+        return self.mask_decoder(
+            image_embeddings=features,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+            image_index=image_index,
+        )
+
+    def masks_to_original(
+        self, low_res: Tensor, input_size: Sequence[int], original_size: Sequence[int]
+    ) -> Tensor:
+        """`postprocess_masks`: low-res logits -> logits `N x M x H x W`, original frame."""
+        return self.postprocess_masks(low_res, input_size, original_size)
 
     @torch.no_grad()
     def forward(

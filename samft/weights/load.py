@@ -1,4 +1,9 @@
-"""Build the SAM a checkpoint holds: the one way to get a model with weights."""
+"""Build the SAM a checkpoint holds: the one way to get a model with weights.
+
+A SAM 2 file (Meta's `{"model": ...}` or samft's export) builds a `Sam2`; its image model
+loads strictly and its video parts are carried (`samft.model.sam2.carried`): all of a
+video model's core parts or none, each kept bit for bit.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from samft.model.registry import build_sam, get_hyper_params
+from samft.model.registry import Sam2HyperParams, build_sam, get_hyper_params
 from samft.model.sam import Sam
+from samft.model.sam2 import Sam2
+from samft.model.sam2.carried import is_video_part
 from samft.weights.files import CheckpointError
 from samft.weights.finite import assert_finite
 from samft.weights.read import read_state_dict
+from samft.weights.sam2_layout import check_video_parts, video_keys
 from samft.weights.shapes import (
     PATCH_WEIGHT,
     POS_EMBED,
@@ -52,10 +60,40 @@ def _mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> st
 
 
 def _load_strict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
-    problems = _mismatch(model.state_dict(), state_dict)
+    given: Mapping[str, Tensor] = state_dict
+    if isinstance(model, Sam2):  # the video parts are carried, not the model's own tensors
+        check_video_parts(state_dict, source)
+        given = {k: v for k, v in state_dict.items() if not is_video_part(k)}
+    problems = _mismatch(model.state_dict(), given)
     if problems:
         raise CheckpointError(f"checkpoint {source} does not fit the model: {problems}")
     model.load_state_dict(state_dict, strict=True)
+
+
+def _agrees(requested: str, found: str, state_dict: Mapping[str, Tensor]) -> bool:
+    """Whether a file whose shapes say `found` may be loaded as `requested`: the same
+    variant, or a SAM 2 image model of the same shape without video parts (2.0 and 2.1
+    differ only there)."""
+    if requested == found:
+        return True
+    hp, found_hp = get_hyper_params(requested), get_hyper_params(found)
+    same_image_model = isinstance(hp, Sam2HyperParams) and hp == found_hp
+    return same_image_model and not video_keys(state_dict)
+
+
+def _version_mismatch(path: str | Path, found: str, requested: str) -> str | None:
+    """The message for a SAM 2.0 file asked for as 2.1 or the reverse, else None."""
+    hp, found_hp = get_hyper_params(requested), get_hyper_params(found)
+    if not (isinstance(hp, Sam2HyperParams) and hp == found_hp):
+        return None
+    names = {"sam2": "SAM 2.0", "sam2.1": "SAM 2.1"}
+    version = found.split("_hiera_")[0]
+    return (
+        f"checkpoint {path} holds a {names[version]} model ('{found}': its video parts "
+        f"{'have' if version == 'sam2.1' else 'lack'} no_obj_embed_spatial and "
+        f"obj_ptr_tpos_proj) but variant '{requested}' was requested; the image models are "
+        f"the same: ask for '{found}' (or leave the variant out)"
+    )
 
 
 def read_sam_state_dict(
@@ -73,12 +111,17 @@ def read_sam_state_dict(
         found = infer_variant(state_dict)
     except CheckpointError as err:
         raise CheckpointError(
-            f"checkpoint={path}: {err}. Expected Meta's SAM .pth, a samft Lightning checkpoint "
-            "(.ckpt from `samft train`) or a samft export (.pth / .safetensors)"
+            f"checkpoint={path}: {err}. Expected Meta's SAM .pth, a samft Lightning "
+            "checkpoint (.ckpt from `samft train`), a samft export (.pth / .safetensors) or "
+            "Meta's SAM 2 .pt"
         ) from None
-    if variant is not None and variant != found:
-        raise CheckpointError(f"checkpoint={path} holds a '{found}' SAM, not variant={variant!r}")
-    return state_dict, found
+    check_video_parts(state_dict, f"={path}")  # Meta's build_sam2 refuses a partial one
+    if variant is not None and not _agrees(variant, found, state_dict):
+        message = _version_mismatch(f"={path}", found, variant)
+        raise CheckpointError(
+            message or f"checkpoint={path} holds a '{found}' SAM, not variant={variant!r}"
+        )
+    return state_dict, variant if variant is not None else found
 
 
 def load_sam(
@@ -87,8 +130,8 @@ def load_sam(
     image_size: int | None = None,
     activation_checkpointing: bool = False,
     cache_dir: str | Path | None = None,
-) -> Sam:
-    """Build the SAM stored in `path` (eval mode).
+) -> Sam | Sam2:
+    """Build the SAM (a `Sam2` for SAM 2 weights) stored in `path` (eval mode).
 
     `path` is a checkpoint file, a transformers folder or the name of known weights
     (`sam_vit_b`, `mobile_sam`, `litemedsam`, ...), fetched once into `cache_dir` (default
@@ -105,10 +148,15 @@ def load_sam(
             raise CheckpointError(f"checkpoint {path}: {err}") from None
         inferred = None
     requested: str = variant if variant is not None else inferred  # type: ignore[assignment]
-    if inferred is not None and requested != inferred:
+    if inferred is not None and not _agrees(requested, inferred, state_dict):
+        message = _version_mismatch(path, inferred, requested)
+        if message:
+            raise CheckpointError(message)
         with torch.device("meta"):  # shapes only: nothing is allocated or initialised
             expected = build_sam(requested, image_size=_saved_size(state_dict, requested))
         expected = expected.state_dict()
+        if isinstance(get_hyper_params(requested), Sam2HyperParams):
+            state_dict = {k: v for k, v in state_dict.items() if not is_video_part(k)}
         raise CheckpointError(
             f"checkpoint {path} holds a '{inferred}' SAM but variant '{requested}' was "
             f"requested: {_mismatch(expected, state_dict)}"

@@ -4,7 +4,10 @@ Reading never runs code from the file: pickles go through `torch.load(weights_on
 which refuses anything but tensors and plain containers. Whatever the wrapping (a bare
 state dict, `{"model": ...}`, `{"state_dict": ...}`, `module.` / `model.` prefixes, a
 Lightning checkpoint with optimizer state, unmerged LoRA adapters), `read_state_dict`
-returns the official layout: `image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`.
+returns the official layout: `image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*` for
+SAM; Meta's `sam2` keys for SAM 2 (`image_encoder.trunk.*`, `sam_prompt_encoder.*`,
+`sam_mask_decoder.*`, `no_mem_embed` and the video parts, see
+`samft.weights.sam2_layout`), from Meta's `{"model": ...}` file as from samft's own.
 """
 
 from __future__ import annotations
@@ -19,9 +22,15 @@ from samft.model.lora import has_lora_keys, merge_lora_state_dict
 from samft.weights import transformers_layout as hf
 from samft.weights.files import CheckpointError, is_tensor_dict, load_tensor_file
 from samft.weights.known import resolve_checkpoint
+from samft.weights.sam2_layout import is_sam2_key
 
 SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 WRAPPER_PREFIXES = ("module.", "model.")
+
+
+def is_model_key(name: str) -> bool:
+    """Whether a key (without wrapper prefixes) names a tensor of a SAM or SAM 2 model."""
+    return name.startswith(SAM_PARTS) or is_sam2_key(name)
 
 
 def read_state_dict(path: str | Path, cache_dir: str | Path | None = None) -> dict[str, Tensor]:
@@ -81,9 +90,9 @@ def _strip_prefixes(
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         name = key
-        while not name.startswith(SAM_PARTS) and name.startswith(WRAPPER_PREFIXES):
+        while not is_model_key(name) and name.startswith(WRAPPER_PREFIXES):
             name = name.split(".", 1)[1]
-        if not name.startswith(SAM_PARTS):
+        if not is_model_key(name):
             if drop_others:
                 continue  # loss buffers, metrics: not part of the model
             name = key

@@ -1,5 +1,6 @@
 """What a state dict holds, from its tensor shapes alone: the variant and the input size,
-and how to move weights saved at one input size to another."""
+and how to move weights saved at one input size to another. SAM 2's own reading is in
+`samft.weights.sam2_layout`; `infer_variant` and `infer_image_size` take both."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import Tensor
 from samft.model.image_encoder import resize_rel_pos
 from samft.model.registry import VARIANTS, get_hyper_params
 from samft.weights.files import CheckpointError
+from samft.weights.sam2_layout import infer_sam2_variant, is_sam2_state_dict, sam2_default_size
 
 POS_EMBED = "image_encoder.pos_embed"
 PATCH_WEIGHT = "image_encoder.patch_embed.proj.weight"
@@ -56,6 +58,8 @@ def _count_indexed(state_dict: Iterable[str], prefix: str) -> int:
 
 def infer_variant(state_dict: Mapping[str, Tensor]) -> str:
     """The registry variant whose architecture has these tensor shapes."""
+    if is_sam2_state_dict(state_dict):
+        return infer_sam2_variant(state_dict)
     if TINY_VIT_BLOCK in state_dict:
         return _infer_tiny_vit(state_dict)
     found = _describe(state_dict)
@@ -83,7 +87,10 @@ def _infer_tiny_vit(state_dict: Mapping[str, Tensor]) -> str:
 
 def infer_image_size(state_dict: Mapping[str, Tensor]) -> int:
     """The input size S the weights were saved for: from the position-embedding grid of a
-    ViT; a TinyViT has none (it works at any multiple of its stride), so its variant's."""
+    ViT; a TinyViT or a Hiera has none (it works at any multiple of its stride), so its
+    variant's."""
+    if is_sam2_state_dict(state_dict):
+        return sam2_default_size(infer_sam2_variant(state_dict))
     if TINY_VIT_BLOCK in state_dict:
         return get_hyper_params(_infer_tiny_vit(state_dict)).image_size
     try:

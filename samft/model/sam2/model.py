@@ -7,6 +7,10 @@ Frames: the *original* image (H x W) is resized, without keeping its aspect rati
 `postprocess_masks` resizes them straight back to H x W. Pixels go to [0, 1], are resized
 bilinearly with antialiasing, then normalised with ImageNet's mean and std.
 
+`input_frame_size`, `prepare_image`, `encode`, `transform_coords` / `transform_boxes`,
+`decode` and `masks_to_original` are the interface prompted inference shares with SAM
+(`samft.model.promptable`).
+
 The state dict is Meta's (`image_encoder.trunk.*`, `image_encoder.neck.*`,
 `sam_prompt_encoder.*`, `sam_mask_decoder.*`, `no_mem_embed`), plus the video model's
 tensors, carried unchanged when a checkpoint has them (`samft.model.sam2.carried`), so an
@@ -18,6 +22,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -59,6 +64,7 @@ class Sam2(nn.Module):
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    low_res_clamp: float | None = LOW_RES_CLAMP
 
     def __init__(
         self,
@@ -170,6 +176,22 @@ class Sam2(nn.Module):
             image_index=image_index,
         )
 
+    def input_frame_size(self, original_size: Sequence[int]) -> tuple[int, int]:
+        """(S, S): every image is resized to the square, whatever its H x W."""
+        return (self.image_size, self.image_size)
+
+    def prepare_image(self, image: np.ndarray) -> Tensor:
+        """`H x W x 3` uint8 RGB (original frame) -> `1 x 3 x S x S` encoder input on the
+        model's device (`preprocess`)."""
+        tensor = torch.from_numpy(np.array(image, order="C")).to(self.device)  # own copy
+        return self.preprocess(tensor.permute(2, 0, 1)[None])
+
+    def masks_to_original(
+        self, low_res: Tensor, input_size: Sequence[int], original_size: Sequence[int]
+    ) -> Tensor:
+        """`postprocess_masks` (the input frame is the whole S x S square: nothing to crop)."""
+        return self.postprocess_masks(low_res, original_size)
+
     def postprocess_masks(self, masks: Tensor, original_size: Sequence[int]) -> Tensor:
         """Low-res logits `N x M x S/4 x S/4` -> logits `N x M x H x W` in the original
         frame (bilinear, straight from the square: there is no padding to crop)."""
@@ -177,8 +199,10 @@ class Sam2(nn.Module):
         return F.interpolate(masks.float(), size, mode="bilinear", align_corners=False)
 
     def transform_coords(self, coords: Tensor, original_size: Sequence[int]) -> Tensor:
-        """`... x 2` (x, y) pixels in the original frame (H, W) -> the input frame."""
+        """`... x 2` (x, y) pixels in the original frame (H, W) -> float32, the input frame
+        (in float32 arithmetic, as Meta's predictor)."""
         h, w = int(original_size[0]), int(original_size[1])
+        coords = coords.to(torch.float32)
         scale = torch.tensor([w, h], dtype=coords.dtype, device=coords.device)
         return coords / scale * self.image_size
 

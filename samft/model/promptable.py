@@ -1,0 +1,88 @@
+"""The small interface both SAM generations give prompted inference.
+
+`Sam` (SAM, MobileSAM, LiteMedSAM) and `Sam2` (SAM 2) differ at every step between an image
+and its masks; each keeps its own steps behind these members, so one predictor
+(`samft.infer.predictor.SamPredictor`) serves both:
+
+=====================  ==========================================  =============================
+step                   Sam                                         Sam2
+=====================  ==========================================  =============================
+input_frame_size       long side S, aspect kept                    S x S
+prepare_image          PIL (or area) resize, normalise, pad        [0, 1], antialiased resize,
+                                                                   ImageNet mean/std
+encode                 the ViT / TinyViT embedding                 `Sam2Features` (3 levels)
+transform_coords       x, y scaled by the long-side factor         x by S / W, y by S / H
+decode                 box as its own embedding                    box as points labelled 2, 3
+masks_to_original      upscale, crop the padding, resize           resize straight to H x W
+low_res_clamp          None                                        32 (Meta's predictor)
+=====================  ==========================================  =============================
+
+Frames: the *original* image is H x W; the *input* frame is what the encoder sees
+(`input_frame_size`). Prompts go to the model in the input frame, masks come back in the
+original frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+class PromptableSam(Protocol):
+    """What `SamPredictor` needs from a model (see the module doc for each generation)."""
+
+    image_size: int  # S
+    mask_threshold: float
+    image_format: str
+    low_res_clamp: float | None  # the predictor clamps the low-res logits it returns
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def input_frame_size(self, original_size: Sequence[int]) -> tuple[int, int]:
+        """(h, w) of the input frame for an H x W image."""
+        ...
+
+    def prepare_image(self, image: np.ndarray) -> Tensor:
+        """`H x W x 3` uint8 RGB (original frame) -> `1 x 3 x S x S` encoder input on the
+        model's device."""
+        ...
+
+    def preprocess(self, x: Tensor) -> Tensor:
+        """`B x 3 x h x w` RGB in [0, 255], input frame -> `B x 3 x S x S` encoder input."""
+        ...
+
+    def encode(self, x: Tensor) -> Any:
+        """`B x 3 x S x S` encoder input -> the decoder's image features."""
+        ...
+
+    def transform_coords(self, coords: Tensor, original_size: Sequence[int]) -> Tensor:
+        """`... x 2` (x, y) pixels, original frame -> float32, input frame."""
+        ...
+
+    def transform_boxes(self, boxes: Tensor, original_size: Sequence[int]) -> Tensor:
+        """`N x 4` (x0, y0, x1, y1), original frame -> `N x 4` float32, input frame."""
+        ...
+
+    def decode(
+        self,
+        features: Any,
+        point_coords: Tensor | None = None,
+        point_labels: Tensor | None = None,
+        boxes: Tensor | None = None,
+        mask_inputs: Tensor | None = None,
+        multimask_output: bool = True,
+        image_index: Tensor | None = None,
+    ) -> tuple[Tensor, ...]:
+        """N prompts (input frame) -> low-res logits `N x M x s x s`, IoU `N x M`, ..."""
+        ...
+
+    def masks_to_original(
+        self, low_res: Tensor, input_size: Sequence[int], original_size: Sequence[int]
+    ) -> Tensor:
+        """Low-res logits `N x M x s x s` -> logits `N x M x H x W`, original frame."""
+        ...
