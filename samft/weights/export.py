@@ -90,6 +90,14 @@ def export_checkpoint(
             f"{checkpoint}) yet; use format=official (Meta's .pth and .safetensors), pth or "
             "safetensors"
         )
+    if format == "transformers" and get_hyper_params(found_variant).encoder != "vit":
+        raise ValueError(
+            f"export format=transformers: transformers' SamModel has only SAM's ViT image "
+            f"encoder, and '{found_variant}' ({checkpoint}) has a TinyViT one, so its weights "
+            "have no place in that layout. Use format=official (its .pth loads in the family's "
+            "own code and in samft.weights.load_sam) or format=onnx; README: 'Which export "
+            "for which model'"
+        )
     image_size = infer_image_size(state_dict)
     info = read_lightning_info(checkpoint)
 

@@ -61,3 +61,17 @@ def test_an_export_onto_a_folder_is_refused_before_any_work(tmp_path):
     with pytest.raises(OutputError, match=r"n\.pth, which is a folder"):
         export_checkpoint(weights, tmp_path / "n", format="official")
     assert not (tmp_path / "n.safetensors").exists() and not (tmp_path / "n.json").exists()
+
+
+def test_a_transformers_export_of_a_tinyvit_model_says_why_not(tmp_path):
+    from samft.model.registry import build_sam
+    from samft.weights import save_sam
+    from samft.weights.export import export_checkpoint
+
+    weights = save_sam(build_sam("lite_medsam"), tmp_path / "lms.pth")
+    with pytest.raises(ValueError) as caught:
+        export_checkpoint(weights, tmp_path / "out", format="transformers")
+    message = str(caught.value)
+    assert "SamModel has only SAM's ViT image encoder" in message and "'lite_medsam'" in message
+    assert "format=official" in message and len(message) < 500  # not a list of 292 keys
+    assert not (tmp_path / "out").exists()
