@@ -99,12 +99,35 @@ def describe_error(err: Exception, command: str, overrides: list[str]) -> tuple[
         return USER_ERROR, message + (f"\n{known}" if known else "")
     if hasattr(err, "exit_code") and type(err).__module__.startswith("samft"):
         return int(err.exit_code), f"{type(err).__name__}: {_own_message(err)}"
+    memory = _out_of_memory(err)
+    if memory:
+        return USER_ERROR, memory
     if isinstance(err, OSError) and err.filename:  # a path the user gave or we derived
         reason = err.strerror or str(err)
         return USER_ERROR, f"{type(err).__name__}: {err.filename}: {reason}"
     if isinstance(err, ValueError) and (_raised_in_samft(err) or _from_a_worker(err)):
         return USER_ERROR, f"{type(err).__name__}: {_own_message(err)}"
     return 1, None
+
+
+ALLOCATION_FAILED = re.compile(
+    r"(can't allocate memory: you tried to allocate (\d+) bytes)|(CUDA out of memory\. Tried to "
+    r"allocate ([\d.]+ [KMGT]iB))"
+)
+
+
+def _out_of_memory(err: BaseException) -> str | None:
+    """One sentence for an allocation that failed (CPU or GPU), or None."""
+    found = ALLOCATION_FAILED.search(str(err))
+    if not found:
+        return None
+    size = f"{int(found.group(2)) / 2**30:.1f} GiB" if found.group(2) else found.group(4)
+    where = "GPU" if found.group(3) else "CPU"
+    return (
+        f"OutOfMemory: the {where} could not allocate {size}. Make the work smaller: "
+        "data.batch_size, model.image_size, points_per_batch (segment/eval), or +memory=low "
+        "(activation checkpointing) for training"
+    )
 
 
 WORKER_PREFIX = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.")

@@ -302,3 +302,13 @@ def test_a_full_disk_deep_inside_a_library_is_one_line_exit_2():
         code, message = describe_error(outer, "train", [])
     assert code == 2
     assert message.startswith("OutputError: no space left on / writing /run/csv/metrics.csv")
+
+
+def test_an_allocation_too_large_for_the_machine_is_one_sentence():
+    from samft.__main__ import describe_error
+
+    with pytest.raises(RuntimeError) as caught:
+        torch.empty(2**50, dtype=torch.uint8)  # 1 PiB: more than any machine running this
+    code, message = describe_error(caught.value, "train", [])
+    assert code == 2 and message.startswith("OutOfMemory: the CPU could not allocate 1048576.0 GiB")
+    assert "data.batch_size" in message and "\n" not in message
