@@ -115,15 +115,7 @@ def test_a_bad_download_leaves_no_file_that_loads(server, tiny_file, tmp_path, m
     root, url = server
     data, _ = tiny_file
     (root / "tiny.pth").write_bytes(data)
-    entry = dataclasses.replace(
-        KNOWN_WEIGHTS["sam_vit_b"],
-        name="tiny_test",
-        variant="tiny",
-        url=f"{url}/tiny.pth",
-        sha256=_sha(data),
-        size=len(data),
-        filename="tiny_test.pth",
-    )
+    entry = _tiny_entry(url, data)
     if how == "wrong digest":
         entry = dataclasses.replace(entry, sha256="0" * 64)
         expected = "does not match"
@@ -233,12 +225,9 @@ def test_weights_command_adds_a_checked_file_and_lists_it(tiny_file, tmp_path, m
         weights(cfg)
 
 
-def _fetched_tiny(server, tiny_file, tmp_path, monkeypatch) -> tuple[Path, Path]:
-    """`tiny_test` fetched into a fresh cache: (cache folder, cached file)."""
-    root, url = server
-    data, _ = tiny_file
-    (root / "tiny.pth").write_bytes(data)
-    entry = dataclasses.replace(
+def _tiny_entry(url: str, data: bytes) -> known_module.KnownWeights:
+    """`tiny_test`: the tiny model's file `data`, served at `<url>/tiny.pth`."""
+    return dataclasses.replace(
         KNOWN_WEIGHTS["sam_vit_b"],
         name="tiny_test",
         variant="tiny",
@@ -247,6 +236,14 @@ def _fetched_tiny(server, tiny_file, tmp_path, monkeypatch) -> tuple[Path, Path]
         size=len(data),
         filename="tiny_test.pth",
     )
+
+
+def _fetched_tiny(server, tiny_file, tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """`tiny_test` fetched into a fresh cache: (cache folder, cached file)."""
+    root, url = server
+    data, _ = tiny_file
+    (root / "tiny.pth").write_bytes(data)
+    entry = _tiny_entry(url, data)
     _register(monkeypatch, entry)
     cache = tmp_path / "cache"
     cached = resolve_checkpoint("tiny_test", cache)
