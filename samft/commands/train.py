@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import pickle
-import shlex
 import signal
 import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,26 +25,27 @@ from samft.commands.common import (
     prepare_dataset,
 )
 from samft.commands.quiet import quiet_library_noise
+from samft.commands.resume import (
+    keep_earlier_metrics,
+    resume_checkpoint,
+    resume_command,
+    resume_in_place,
+    resumes_in,
+)
 from samft.commands.run_config import write_run_config
 from samft.commands.run_summary import run_summary
 from samft.commands.schema import TRAINER_BOUNDS, check_group
 from samft.data.images import allow_image_pixels
-from samft.io.atomic import previous_of
-from samft.model.registry import VARIANTS, get_hyper_params
 from samft.train.callbacks import SaveOnSignal
 from samft.train.run_lock import RunLock, is_launcher_process
 from samft.weights import save_sam
 from samft.weights.files import (
-    CheckpointError,
     UnsafeCheckpointError,
     allowed_checkpoint_types,
-    load_tensor_file,
 )
 from samft.weights.lightning import read_lightning_info
 
 log = logging.getLogger(__name__)
-
-LIGHTNING_CKPT_NAMES = ("last", "hpc", "best")  # ckpt_path values Lightning resolves itself
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -58,7 +55,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     saves `last.ckpt` (callback `save_on_signal`) and exits with 128 + the signal number.
     """
     output_dir = Path(cfg.output_dir)
-    lock = RunLock(output_dir, resume=_resumes_in(cfg.ckpt_path, output_dir))
+    lock = RunLock(output_dir, resume=resumes_in(cfg.ckpt_path, output_dir))
     if is_launcher_process():
         lock.acquire()  # before anything is written into the folder
         write_run_config(cfg, output_dir)
@@ -174,141 +171,9 @@ def _signal_exit_code(trainer: L.Trainer, output_dir: Path) -> int:
     return 128 + signum
 
 
-def resume_command(output_dir: Path, checkpoint: Path) -> str:
-    """`python -m samft train <this run's overrides> hydra.run.dir=<run> ckpt_path=<ckpt>`:
-    the run continues in its own folder."""
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    kept = [o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir="))]
-    words = [*kept, f"hydra.run.dir={output_dir}", f"ckpt_path={checkpoint}"]
-    return "python -m samft train " + " ".join(shlex.quote(w) for w in words)
-
-
-def _resumes_in(ckpt_path: str | None, output_dir: Path) -> bool:
-    if not ckpt_path:
-        return False
-    if ckpt_path in LIGHTNING_CKPT_NAMES:
-        return True
-    return output_dir.resolve() in Path(ckpt_path).resolve().parents
-
-
-def resume_checkpoint(
-    ckpt_path: str | None,
-    image_encoder: str,
-    variant: str | None = None,
-    image_size: int | None = None,
-) -> str | None:
-    """The checkpoint `ckpt_path=` resumes, checked before any work: a readable samft
-    Lightning checkpoint of the same encoder mode, and of this run's model `variant` and
-    input `image_size` when given. A damaged file falls back, with a warning, to the copy
-    its last save kept (`last.ckpt.prev`)."""
-    if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES:
-        return ckpt_path or None
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"ckpt_path={path}: file not found")
-    try:
-        checkpoint = load_tensor_file(path, mmap=True)
-    except UnsafeCheckpointError as err:
-        raise CheckpointError(f"ckpt_path={path}: {err}") from None
-    except CheckpointError as err:
-        previous = previous_of(path)
-        if not previous.is_file():
-            raise CheckpointError(
-                f"ckpt_path={path}: cannot be read, the file is damaged (a save cut short?): "
-                f"resume from another checkpoint of the run. ({err})"
-            ) from None
-        log.warning("ckpt_path=%s cannot be read (%s); resuming from %s", path, err, previous)
-        path = previous
-        try:
-            checkpoint = load_tensor_file(path, mmap=True)
-        except CheckpointError as err:
-            raise CheckpointError(f"ckpt_path={path}: {err}") from None
-    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
-        raise CheckpointError(
-            f"ckpt_path={path}: not a samft training checkpoint. ckpt_path resumes a samft "
-            "Lightning checkpoint (.ckpt, with optimizer and step); to start from weights "
-            f"use model.checkpoint={path}"
-        )
-    hyper_parameters = checkpoint.get("hyper_parameters") or {}
-    _check_same_model(path, hyper_parameters.get("model") or {}, variant, image_size)
-    finetune = hyper_parameters.get("finetune") or {}
-    saved = finetune.get("image_encoder")
-    if saved and saved != image_encoder:
-        raise CheckpointError(
-            f"ckpt_path={path}: saved with finetune.image_encoder={saved}, but this run uses "
-            f"finetune.image_encoder={image_encoder}; their weights differ (LoRA adapters). "
-            f"Resume with the same finetune config, or start a new run from its weights with "
-            f"model.checkpoint={path}"
-        )
-    return str(path)
-
-
-def _check_same_model(path: Path, saved: dict, variant: str | None, image_size: int | None) -> None:
-    """CheckpointError when the checkpoint holds another SAM variant or input size than
-    this run builds (its weights could not be loaded: hundreds of size mismatches)."""
-    saved_variant = saved.get("variant")
-    if variant is None or not saved_variant:
-        return
-    saved_size = saved.get("image_size")
-    if saved_size is None and saved_variant in VARIANTS:
-        saved_size = get_hyper_params(saved_variant).image_size
-    if saved_variant != variant or (image_size and saved_size and saved_size != image_size):
-        raise CheckpointError(
-            f"ckpt_path={path}: a run of model variant {saved_variant} at {saved_size} px, but "
-            f"this run builds {variant} at {image_size} px. Resume with the run's own model "
-            f"(model={saved_variant} model.image_size={saved_size}), or start a new run from "
-            f"its weights with model.checkpoint={path}"
-        )
-
-
-def keep_earlier_metrics(loggers: list, resume_step: int | None = None) -> None:
-    """One `metrics.csv` with every row of the run, across resumes.
-
-    Lightning's CSVLogger deletes an existing `metrics.csv` when it starts (a resume into
-    the same run folder). The file is first kept as `metrics-<n>.csv` (a backup), then its
-    rows from before `resume_step` (the checkpoint's step; None: all) start the new
-    `metrics.csv`, and the logger appends to them."""
-    for logger in loggers:
-        if not isinstance(logger, CSVLogger):
-            continue
-        current = Path(logger.log_dir) / "metrics.csv"
-        if not current.is_file():
-            continue
-        n = 1
-        while (current.parent / f"metrics-{n}.csv").exists():
-            n += 1
-        backup = current.rename(current.parent / f"metrics-{n}.csv")
-        with open(backup, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        if resume_step is not None:
-            rows = [r for r in rows if not r.get("step") or int(float(r["step"])) < resume_step]
-        writer = logger.experiment  # created now: nothing left for it to delete
-        keys = sorted({key for row in rows for key in row})
-        with open(current, "w", newline="") as handle:
-            table = csv.DictWriter(handle, fieldnames=keys)
-            table.writeheader()
-            table.writerows(rows)
-        writer.metrics_keys = keys
-        log.info("metrics.csv continues the %d earlier rows (backup: %s)", len(rows), backup)
-
-
 def _write_json(path: Path, values: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({k: float(v) for k, v in values.items()}, indent=2, sort_keys=True))
-
-
-def resume_in_place(argv: list[str]) -> list[str]:
-    """`argv` plus `hydra.run.dir=<run>` when `ckpt_path=` names a checkpoint inside a samft
-    run folder (`<run>/checkpoints/*.ckpt`) and no run folder is given: a resumed run goes
-    on in its own folder, with one log, one metrics file and its checkpoints together."""
-    given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("ckpt_path=")]
-    if not given or any(a.startswith(("hydra.run.dir=", "+hydra.run.dir=")) for a in argv):
-        return argv
-    checkpoint = Path(given[-1])
-    run = checkpoint.parent.parent
-    if checkpoint.parent.name != "checkpoints" or not (run / "csv").is_dir():
-        return argv
-    return [*argv, f"hydra.run.dir={run.resolve()}"]
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from samft.commands.train import keep_earlier_metrics, resume_checkpoint
+from samft.commands.resume import keep_earlier_metrics, resume_checkpoint
 from samft.io.atomic import AtomicCheckpointIO, previous_of, save_atomic
 from samft.io.files import OutputError, mount_point
 from samft.model.registry import build_sam

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from samft.commands.train import resume_checkpoint
+from samft.commands.resume import resume_checkpoint
 from samft.io.atomic import previous_of
 from samft.model.registry import build_sam
 from samft.weights import CheckpointError, load_sam, read_state_dict, save_sam
