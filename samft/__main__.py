@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import signal
 import sys
 import traceback
 
@@ -59,9 +60,19 @@ def main(argv: list[str] | None = None) -> None:
     from samft.commands.quiet import quiet_library_noise
 
     quiet_library_noise()
+    if command != "train":  # train stops at a step boundary and saves (SaveOnSignal)
+        signal.signal(signal.SIGTERM, _stop)
     module = importlib.import_module(f"samft.commands.{command}")
     try:
         module.main()
+    except (Stopped, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
+        print(
+            f"samft {command}: stopped by {signal.Signals(signum).name}; the files it finished "
+            "are complete (each is written whole), the rest is not written",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + signum) from None
     except Exception as err:
         if os.environ.get(ENV_TRACEBACK) == "1":
             raise
@@ -71,6 +82,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"samft {command}: error: {message}", file=sys.stderr)
         print("(set HYDRA_FULL_ERROR=1 to see the traceback)", file=sys.stderr)
         raise SystemExit(code) from None
+
+
+class Stopped(Exception):  # noqa: N818 (a stop, not an error)
+    """A stop signal received by a command other than train."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped(signum)
 
 
 def _raised_in_samft(err: BaseException) -> bool:

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from samft.data.images import input_image_size, read_rgb
 from samft.infer.overlay import draw_overlay
 from samft.infer.predictor import SamPredictor
 from samft.infer.prompts_file import PromptsFileError, PromptSpec, check_inside, read_prompts_file
-from samft.io.files import prepare_output_dir, write_json_atomic
+from samft.io.files import prepare_output_dir, write_image_atomic, write_json_atomic
 from samft.model.device import resolve_device
 from samft.weights import load_sam
 
@@ -134,7 +133,7 @@ def predict(
             best = int(np.argmax(scores))
             mask = masks[best]
             mask_file = folder / f"{spec.name}.png"
-            Image.fromarray(mask.astype(np.uint8) * 255).save(mask_file)
+            write_image_atomic(mask_file, mask.astype(np.uint8) * 255)
             kept_masks.append(mask)
             entries.append(
                 {
@@ -156,7 +155,7 @@ def predict(
         if overlay:
             picture = draw_overlay(image, kept_masks, specs, [e["score"] for e in entries])
             overlay_file = folder / "overlay.png"
-            Image.fromarray(picture).save(overlay_file)
+            write_image_atomic(overlay_file, picture)
             entry["overlay"] = overlay_file.relative_to(out_dir).as_posix()
         report["images"].append(entry)
         log.info("%s: %d mask(s) written to %s", key, len(specs), folder)

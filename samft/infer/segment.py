@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -38,7 +37,7 @@ from samft.infer.instance_overlay import draw_instances
 from samft.infer.predict import list_images
 from samft.infer.record_masks import records_to_labels, segmentation_mask
 from samft.io.drawing import write_note
-from samft.io.files import prepare_output_dir, write_json_atomic
+from samft.io.files import prepare_output_dir, write_image_atomic, write_json_atomic
 from samft.io.progress import ProgressLines, off_terminal
 from samft.model.device import resolve_device
 from samft.weights import load_sam
@@ -211,7 +210,7 @@ def _segment_one(
     folder = out_dir / Path(key).with_suffix("")
     folder.mkdir(parents=True, exist_ok=True)
     files = {"labels": folder / "labels.png", "masks": folder / "masks.json"}
-    Image.fromarray(labels.astype(np.uint16)).save(files["labels"])
+    write_image_atomic(files["labels"], labels.astype(np.uint16))
     masks = [{"id": ids[i], **records[i]} for i in order]
     height, width = image.shape[:2]
     write_json_atomic(
@@ -222,7 +221,7 @@ def _segment_one(
         picture = draw_instances(image, labels)
         if not records:
             picture = write_note(picture, ["no mask kept:", *_thresholds_text(generator)])
-        Image.fromarray(picture).save(files["overlay"])
+        write_image_atomic(files["overlay"], picture)
     if not records:
         log.warning(
             "%s: no mask kept at %s; the model's scores may sit below Meta's defaults: search "

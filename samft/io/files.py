@@ -102,6 +102,21 @@ def write_json_atomic(path: Path, data: Any) -> Path:
     return path
 
 
+def write_image_atomic(path: Path, image: Any) -> Path:
+    """Save an `H x W (x 3)` array as a picture (format from the suffix) via a temporary file
+    and `os.replace`: a stop in the middle never leaves half a file."""
+    from PIL import Image
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        Image.fromarray(image).save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Tensor):
         return value.item() if value.numel() == 1 else value.tolist()

@@ -237,3 +237,36 @@ def test_progress_lines_say_done_elapsed_and_left(monkeypatch, caplog):
     assert lines.update(1) == "eval: 1/4 images, 3 s elapsed, ~9 s left"
     assert lines.update(2) is None  # 1 s after the last line
     assert lines.update(4) == "eval: 4/4 images, 30 s elapsed"
+
+
+def test_sigterm_stops_segment_with_what_it_finished_whole(weights, photos, tmp_path):
+    """A stop signal in the middle of a folder: exit 143, the images done are complete, the
+    run's index (segments.json) is not written."""
+    import signal
+    import time
+
+    many = tmp_path / "many"
+    many.mkdir()
+    picture = Image.open(photos / "a.png")
+    for i in range(40):
+        picture.save(many / f"img{i:02d}.png")
+    env = {k: v for k, v in os.environ.items() if k != "SAMFT_COMMAND"}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "samft", "segment", f"checkpoint={weights}",
+               f"input={many}", "output=out", "points_per_side=8"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    first = tmp_path / "out" / "img00" / "masks.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not first.exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143, err[-2000:]
+    assert "samft segment: stopped by SIGTERM" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "segments.json").exists()
+    done = [p.parent for p in (tmp_path / "out").glob("*/masks.json")]
+    assert 0 < len(done) < 40
+    for folder in done:  # every file of a finished image reads back whole
+        json.loads((folder / "masks.json").read_text())
+        assert np.asarray(Image.open(folder / "labels.png")).shape == (40, 56)
+    assert not list((tmp_path / "out").rglob(".*.tmp"))
