@@ -314,3 +314,71 @@ def test_a_shard_with_a_damaged_header_names_the_shard(built):
     message = str(caught.value)
     assert f"shard {entry['shard']} cannot be read" in message
     assert "run `python -m samft cache` again" in message and "\n" not in message
+
+
+def test_sam2_levels_round_trip_through_the_cache_and_training_reads_them(ct_copy, tmp_path):
+    """SAM 2 caches its three feature levels (one tensor each, each checksummed: 128 KiB
+    per image for `sam2_tiny`, 8 MiB at 1024 px and C = 256); a frozen-encoder SAM 2 reads
+    them back as the encoder computes them and trains the same loss from them. The key
+    covers `no_mem_embed` and `conv_s0` / `conv_s1`, which the cached levels went through."""
+    from samft.model.batched import encode_images
+    from samft.model.transforms import SQUARE_RESIZE
+
+    torch.manual_seed(0)
+    module = SamFineTuner(
+        model={"variant": "sam2_tiny"},
+        finetune={"image_encoder": "frozen"},
+        loss={"iou_loss": "l1", "object_score_weight": 1.0},
+        interactive={"val_clicks": [1]},
+    )
+    sam = module.model.eval()
+    key = cache_key(sam)
+    assert key.resize_interpolation == SQUARE_RESIZE and key.normalization == "imagenet"
+    root = tmp_path / "cache2"
+    counts = build_cache(
+        root, key, _jobs(ct_copy), lambda images: sam.to_cached(encode_images(sam, images))
+    )
+    assert counts == {"computed": 10, "reused": 0, "entries": 10}
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry = next(iter(manifest["entries"].values()))
+    assert len(entry["tensor"]) == len(entry["digest"]) == 3
+    per_image = (64 * 16 * 16 + 8 * 64 * 64 + 16 * 32 * 32) * 2  # fp16 bytes
+    shard_bytes = sum(info["bytes"] for info in manifest["shards"].values())
+    assert 10 * per_image < shard_bytes < 10 * per_image + 16384  # + the safetensors header
+
+    dm = SamDataModule(
+        train=_spec(ct_copy),
+        val=_spec(ct_copy),
+        image_size=256,
+        resize_interpolation=SQUARE_RESIZE,
+        batch_size=2,
+        max_objects_per_image=3,
+        train_augment=[{"name": "HorizontalFlip", "p": 0.5}],
+        prompts=PromptSampler(point_prob=0.5, box_prob=0.5),
+        embedding_cache=EmbeddingCache.open(root, key),
+    )
+    dataset = dm.build_dataset("train")
+    dataset.use_embeddings(EmbeddingCache.open(root, key), (0.5, 0.0))
+    torch.manual_seed(3)
+    batch = collate_samples([dataset[i % len(dataset)] for i in range(4)])
+    assert [level.shape for level in batch.embeddings] == [
+        (4, 64, 16, 16),
+        (4, 8, 64, 64),
+        (4, 16, 32, 32),
+    ]
+    with torch.no_grad():
+        direct = sam.to_cached(module.encode_images(batch.images))
+    for cached, level in zip(batch.embeddings, direct, strict=True):
+        assert cached.dtype == torch.float16
+        torch.testing.assert_close(cached.float(), level, atol=FP16_ATOL, rtol=0)
+
+    module.train()
+    with torch.no_grad():
+        cached_loss = module.training_step(batch, 0)
+        plain_loss = module.training_step(dataclasses.replace(batch, embeddings=None), 0)
+    torch.testing.assert_close(cached_loss, plain_loss, atol=1e-3, rtol=1e-3)
+
+    with torch.no_grad():
+        sam.sam_mask_decoder.conv_s0.weight.add_(1e-3)  # frozen with the encoder: in the key
+    with pytest.raises(CacheError, match="stale: built for other encoder weights"):
+        EmbeddingCache.open(root, cache_key(sam))

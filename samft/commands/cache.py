@@ -62,7 +62,9 @@ def cache_embeddings(cfg: DictConfig) -> dict[str, int]:
         cfg.cache.dir,
         cache_key(sam, cfg.cache.get("image_stamp", "mtime")),
         jobs,
-        embed=lambda images: encode_images(sam, [img.to(sam.device) for img in images]),
+        embed=lambda images: sam.to_cached(
+            encode_images(sam, [img.to(sam.device) for img in images])
+        ),
         batch_size=int(cfg.cache.batch_size),
         shard_mb=float(cfg.cache.shard_mb),
     )

@@ -42,7 +42,9 @@ class SamBatch:
                          labels P x K, mask_inputs P x 1 x S/4 x S/4, has_mask_input P)
     prompt_types:        P long (PROMPT_ONE_POINT, PROMPT_POINTS, PROMPT_BOX)
     object_areas:        P float, pixels in the original frame (before the resize)
-    embeddings:          B x C x h' x w' fp16 from the embedding cache, or None
+    embeddings:          from the embedding cache, fp16, or None: B x C x h' x w' (SAM), or
+                         SAM 2's three levels, a tuple of B x C x S/16 x S/16,
+                         B x C/8 x S/4 x S/4 and B x C/4 x S/8 x S/8
     automatic:           the automatic-mode training points, or None
     """
 
@@ -54,7 +56,7 @@ class SamBatch:
     prompts: Prompts
     prompt_types: Tensor
     object_areas: Tensor
-    embeddings: Tensor | None = None
+    embeddings: Tensor | tuple[Tensor, ...] | None = None
     automatic: AutomaticPoints | None = None
 
     def __len__(self) -> int:

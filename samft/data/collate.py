@@ -45,7 +45,7 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> SamBatch:
     automatic = collate_automatic(samples, size)
     embeddings = None
     if all("embedding" in s for s in samples):
-        embeddings = torch.stack([s["embedding"] for s in samples])
+        embeddings = stack_embeddings([s["embedding"] for s in samples])
     return SamBatch(
         images=[s["image"] for s in samples],
         input_sizes=torch.stack([s["input_size"] for s in samples]).long(),
@@ -60,6 +60,16 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> SamBatch:
         embeddings=embeddings,
         automatic=automatic,
     )
+
+
+def stack_embeddings(
+    embeddings: Sequence[torch.Tensor | tuple[torch.Tensor, ...]],
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """B cached embeddings -> `B x ...`: one tensor each (SAM), or a tuple of levels each
+    (SAM 2), stacked level by level."""
+    if isinstance(embeddings[0], torch.Tensor):
+        return torch.stack(list(embeddings))
+    return tuple(torch.stack(list(level)) for level in zip(*embeddings, strict=True))
 
 
 def collate_automatic(samples: Sequence[dict[str, Any]], size: int) -> AutomaticPoints | None:

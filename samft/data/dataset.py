@@ -1,9 +1,9 @@
 """One training sample per image: augmented pixels, K object masks and one prompt each.
 
 The dataset turns a reader's index into samples in the model's input frame (longest side =
-`image_size`, not padded, not normalised) following the batch contract of
-`samft.data.collate`. Objects are filtered once, at construction, and what was skipped is
-kept in `skipped` for the statistics.
+`image_size`, or SAM 2's `image_size` square; not padded, not normalised) following the
+batch contract of `samft.data.collate`. Objects are filtered once, at construction, and
+what was skipped is kept in `skipped` for the statistics.
 
 Seeding: in training every call draws fresh randomness from torch's generator, which
 Lightning seeds per worker and epoch; with `deterministic=True` (validation, test) a
@@ -59,7 +59,7 @@ def orient(array: np.ndarray, orientation: str, axes: tuple[int, int] = (0, 1)) 
 class EmbeddingSource(Protocol):
     """Where cached embeddings come from (`samft.cache.EmbeddingCache`)."""
 
-    def get(self, path: Any, orientation: str) -> torch.Tensor: ...
+    def get(self, path: Any, orientation: str) -> torch.Tensor | tuple[torch.Tensor, ...]: ...
 
 
 class SamDataset(Dataset):
@@ -67,9 +67,11 @@ class SamDataset(Dataset):
 
     Args:
         reader: a CocoReader, Sa1bReader or FolderReader (or any `Reader`).
-        image_size: the model's input size S; images are resized so max(h, w) == S.
+        image_size: the model's input size S; images are resized so max(h, w) == S, or to
+            S x S for SAM 2.
         resize_interpolation: the model family's image filter ("bilinear": SAM, MobileSAM;
-            "area": LiteMedSAM), see `samft.model.transforms.RESIZE_FILTERS`.
+            "area": LiteMedSAM; "bilinear_antialias": SAM 2, to the S x S square, its masks
+            and prompts too), see `samft.model.transforms.RESIZE_FILTERS`.
         prompts: how each object's prompt is drawn.
         augment: albumentations pipeline applied before the resize, or None.
         max_objects_per_image: K, objects drawn per sample (None: all).
@@ -145,8 +147,9 @@ class SamDataset(Dataset):
         return np.random.default_rng([self.seed, draw, index])
 
     def use_embeddings(self, source: EmbeddingSource, flip_probs: tuple[float, float]) -> None:
-        """Serve cached embeddings: samples get `embedding` (`C x h x w`) and are flipped
-        with probabilities `flip_probs` (horizontal, vertical) instead of `augment`."""
+        """Serve cached embeddings: samples get `embedding` (`C x h x w`, or SAM 2's three
+        levels) and are flipped with probabilities `flip_probs` (horizontal, vertical)
+        instead of `augment`."""
         self.embeddings = source
         self.flip_probs = (float(flip_probs[0]), float(flip_probs[1]))
 
@@ -198,7 +201,7 @@ class SamDataset(Dataset):
         areas = all_masks[is_prompted].reshape(len(chosen), -1).sum(axis=1).astype(np.float32)
         image = resize_image(image, self.image_size, self.resize_interpolation)
         used = is_prompted | is_instance  # each mask resized once, prompted or instance
-        resized = resize_masks(all_masks[used], self.image_size)
+        resized = resize_masks(all_masks[used], self.image_size, self.resize_interpolation)
         masks, instance_masks = resized[is_prompted[used]], resized[is_instance[used]]
 
         prompts = [self.prompts.sample(mask, rng) for mask in masks]

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from samft.model.promptable import PromptableSam
-from samft.model.transforms import ResizeLongestSide
+from samft.model.transforms import LONG_SIDE_FILTERS, ResizeLongestSide
 
 
 class SamPredictor:
@@ -33,7 +33,9 @@ class SamPredictor:
         # automatic mask generator); SAM 2 resizes inside `prepare_image` (None here).
         interpolation = getattr(sam_model, "resize_interpolation", None)
         self.transform = (
-            ResizeLongestSide(sam_model.image_size, interpolation) if interpolation else None
+            ResizeLongestSide(sam_model.image_size, interpolation)
+            if interpolation in LONG_SIDE_FILTERS
+            else None
         )
         self.reset_image()
 

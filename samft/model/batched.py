@@ -1,42 +1,60 @@
-"""The batched SAM forward that training, evaluation, the embedding cache and automatic
-masks all call.
+"""The batched forward that training, evaluation, the embedding cache and automatic masks
+all call, for both SAM generations.
 
 Meta's `Sam.forward` loops per image and runs under `no_grad`. Here each image is encoded
 once, and every prompt of every image goes through the prompt encoder and mask decoder in
-one call per token layout: `image_index` maps each prompt to its image's embedding, which
-is gathered, never copied per prompt. Prompts are laid out exactly as the official
-predictor lays them out (`group_prompts`), so a prompt gives the same masks here as in
-`SamPredictor`.
+one call per token layout: `image_index` maps each prompt to its image's features, which
+are gathered, never copied per prompt. Prompts are laid out exactly as the official
+predictor lays them out (`group_prompts`, then the model's `sparse_embeddings`), so a
+prompt gives the same masks here as in `SamPredictor`.
 
-Frames: images and prompts are in the input frame (long side S); low-res logits are
-S/4 x S/4 over the padded S x S square; `upscale` brings them to that square.
+Each generation's own steps sit behind the model (`samft.model.promptable.TrainableSam`):
+`Sam` encodes to one embedding and embeds a box as a box; `Sam2` encodes to three feature
+levels (`no_mem_embed` added, the high-resolution ones through `conv_s0` / `conv_s1`),
+sends a box as corner points labelled 2 and 3, and answers with a sigmoid IoU and an
+object-score logit.
+
+Frames: images and prompts are in the model's input frame, as the data pipeline serves
+them (`samft.data.resize`): long side S, padded bottom/right to the S x S square, for SAM;
+the S x S square itself for SAM 2. Low-res logits are S/4 x S/4 over the square; `upscale`
+brings them to it.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from samft.model.prompt_groups import group_prompts
+from samft.model.promptable import TrainableSam
 from samft.model.prompts import LABEL_PAD, LABEL_POSITIVE, Prompts
-from samft.model.sam import Sam
 
 
-class DecoderOutput(NamedTuple):
+@dataclass(frozen=True)
+class DecoderOutput:
     """What the decoder says for P prompts.
 
-    low_res:    P x 4 x S/4 x S/4 logits: output 0 is the single-mask answer, 1..3 the
-                multimask answers
-    iou_pred:   P x 4 predicted IoU of each output
-    answering:  P x 4 bool, the outputs that answer each prompt (see `answering_outputs`)
+    low_res:       P x 4 x S/4 x S/4 logits: output 0 is the single-mask answer, 1..3 the
+                   multimask answers
+    iou_pred:      P x 4 predicted IoU of each output
+    answering:     P x 4 bool, the outputs that answer each prompt (see `answering_outputs`)
+    object_score:  P x 1 object-score logits (SAM 2), or None (SAM)
+
+    Unpacks as `low_res, iou_pred, answering`, as it did before SAM 2 added object scores.
     """
 
     low_res: Tensor
     iou_pred: Tensor
     answering: Tensor
+    object_score: Tensor | None = None
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter((self.low_res, self.iou_pred, self.answering))
 
     def predicted_best(self) -> Tensor:
         """P long: the answering output the IoU head scores highest (what inference keeps)."""
@@ -44,17 +62,18 @@ class DecoderOutput(NamedTuple):
         return scores.argmax(dim=1)
 
 
-def encode_images(sam: Sam, images: list[Tensor]) -> Tensor:
-    """B images (uint8 3 x h_i x w_i, input frame, not padded) -> B x C x h' x w'.
+def encode_images(sam: TrainableSam, images: list[Tensor]) -> Any:
+    """B images (uint8 3 x h_i x w_i, input frame, not padded) -> the decoder's features
+    for B images (`Sam`: B x C x h' x w'; `Sam2`: `Sam2Features`).
 
-    Normalisation and padding happen in `Sam.preprocess`, exactly as at inference. Runs
-    with autograd as the caller has it: wrap in `torch.no_grad()` for a frozen encoder.
+    Normalisation and padding happen in the model's `preprocess`, exactly as at inference.
+    Runs with autograd as the caller has it: wrap in `torch.no_grad()` for a frozen encoder.
     """
     x = torch.cat([sam.preprocess(img[None].float()) for img in images])
-    return sam.image_encoder(x)
+    return sam.encode(x)
 
 
-def dense_embeddings(sam: Sam, mask_inputs: Tensor, has_mask_input: Tensor) -> Tensor:
+def dense_embeddings(sam: TrainableSam, mask_inputs: Tensor, has_mask_input: Tensor) -> Tensor:
     """P x C x h' x w': the mask prompt's embedding where given, `no_mask_embed` elsewhere."""
     pe = sam.prompt_encoder
     h, w = pe.image_embedding_size
@@ -84,45 +103,57 @@ def answering_outputs(point_labels: Tensor, multimask_output: bool | str) -> Ten
 
 
 def decode(
-    sam: Sam,
-    embeddings: Tensor,
+    sam: TrainableSam,
+    embeddings: Any,
     image_index: Tensor,
     prompts: Prompts,
     multimask_output: bool | str,
 ) -> DecoderOutput:
-    """All P prompts on B images (`embeddings` B x C x h' x w', `image_index` P) at once.
+    """All P prompts on B images (`embeddings`: `encode_images`' features of B images,
+    `image_index` P) at once.
 
     Rows are grouped by token layout so each prompt is embedded exactly as the official
     predictor embeds it; each group is one decoder call over all images.
     """
-    pe = sam.prompt_encoder
     dense = dense_embeddings(sam, prompts.mask_inputs, prompts.has_mask_input)
-    image_pe = pe.get_dense_pe()
     num = prompts.labels.shape[0]
-    low_res = iou_pred = None
+    low_res = iou_pred = object_score = None
     for group in group_prompts(prompts.coords, prompts.labels):
-        sparse, _ = pe(points=group.points, boxes=group.boxes, masks=None)
-        masks, scores = sam.mask_decoder.predict_masks(
-            embeddings, image_pe, sparse, dense[group.index], image_index[group.index]
+        sparse = sam.sparse_embeddings(group.points, group.boxes)
+        masks, scores, objects = sam.decode_all(
+            embeddings, sparse, dense[group.index], image_index[group.index]
         )
         if low_res is None:
             low_res = masks.new_empty((num, *masks.shape[1:]))
             iou_pred = scores.new_empty((num, scores.shape[1]))
+            if objects is not None:
+                object_score = objects.new_empty((num, objects.shape[1]))
         low_res = low_res.index_copy(0, group.index, masks)
         iou_pred = iou_pred.index_copy(0, group.index, scores)
-    return DecoderOutput(low_res, iou_pred, answering_outputs(prompts.labels, multimask_output))
+        if objects is not None:
+            object_score = object_score.index_copy(0, group.index, objects)
+    answering = answering_outputs(prompts.labels, multimask_output)
+    return DecoderOutput(low_res, iou_pred, answering, object_score)
 
 
-def upscale(sam: Sam, low_res: Tensor) -> Tensor:
-    """Low-res logits P x M x S/4 x S/4 -> P x M x S x S logits on the padded input square
-    (the first step of `Sam.postprocess_masks`)."""
+def feedback_logits(sam: TrainableSam, low_res: Tensor) -> Tensor:
+    """Low-res logits (`P x s x s`) as the model's predictor hands them back for the next
+    prompt: clamped to +-`low_res_clamp` for SAM 2 (Meta's predictor), unchanged for SAM."""
+    if sam.low_res_clamp is None:
+        return low_res
+    return low_res.clamp(-sam.low_res_clamp, sam.low_res_clamp)
+
+
+def upscale(sam: TrainableSam, low_res: Tensor) -> Tensor:
+    """Low-res logits P x M x S/4 x S/4 -> P x M x S x S logits on the input square
+    (the first step of `Sam.postprocess_masks`; SAM 2's input frame is that square)."""
     size = sam.image_size
     return F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
 
 
 def inside_image(sizes: Tensor, size: int) -> Tensor:
     """P x S x S bool, True inside each prompt's image (`sizes` P x 2: its h, w in the input
-    frame) and False on the padding of the S x S square."""
+    frame) and False on the padding of the S x S square (SAM 2: all True, no padding)."""
     rows = torch.arange(size, device=sizes.device)
     inside_h = rows[None, :] < sizes[:, :1]
     inside_w = rows[None, :] < sizes[:, 1:]

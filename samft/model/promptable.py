@@ -20,6 +20,27 @@ low_res_clamp          None                                        32 (Meta's pr
 Frames: the *original* image is H x W; the *input* frame is what the encoder sees
 (`input_frame_size`). Prompts go to the model in the input frame, masks come back in the
 original frame.
+
+Training, evaluation and the embedding cache (`samft.model.batched`) need a few more
+members, `TrainableSam`:
+
+=====================  ==========================================  =============================
+step                   Sam                                         Sam2
+=====================  ==========================================  =============================
+resize_interpolation   PIL bilinear (or area) to long side S       antialiased, to S x S
+sparse_embeddings      points, a pad if no box, box embedding      box as points 2, 3, points,
+                                                                   a pad
+decode_all             4 outputs, IoU                              4 outputs, sigmoid IoU, an
+                                                                   object score; eval: output 0
+                                                                   as the predictor's single
+                                                                   mask (stability fallback)
+frozen_with_encoder    nothing                                     `no_mem_embed`, `conv_s0`,
+                                                                   `conv_s1`
+to_cached/from_cached  the embedding (2 MiB fp16 at 1024)          3 levels (8 MiB fp16)
+=====================  ==========================================  =============================
+
+The data pipeline serves each model in its own input frame (`resize_interpolation` picks
+the frame, `samft.data.resize`): SAM's long side S padded to the square, SAM 2's square.
 """
 
 from __future__ import annotations
@@ -85,4 +106,41 @@ class PromptableSam(Protocol):
         self, low_res: Tensor, input_size: Sequence[int], original_size: Sequence[int]
     ) -> Tensor:
         """Low-res logits `N x M x s x s` -> logits `N x M x H x W`, original frame."""
+        ...
+
+
+class TrainableSam(PromptableSam, Protocol):
+    """What the batched training loop, evaluation and the embedding cache need besides
+    `PromptableSam` (see the module doc for each generation)."""
+
+    resize_interpolation: str  # how the data pipeline brings images to the input frame
+
+    def sparse_embeddings(
+        self, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None
+    ) -> Tensor:
+        """`N x P x 2` / `N x P` clicks and `N x 4` boxes (input frame) -> `N x T x C`
+        tokens in the official predictor's layout."""
+        ...
+
+    def decode_all(
+        self, features: Any, sparse: Tensor, dense: Tensor, image_index: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """N prompts on B images -> low-res logits `N x 4 x s x s` (single mask, then the
+        three multimask outputs), IoU `N x 4`, object-score logits `N x 1` or None."""
+        ...
+
+    def frozen_with_encoder(self) -> list[torch.nn.Parameter]:
+        """Parameters outside `image_encoder` that `encode` uses (frozen with it)."""
+        ...
+
+    def encoder_state_dict(self) -> dict[str, Tensor]:
+        """Every tensor `encode`'s output depends on (hashed into the cache key)."""
+        ...
+
+    def to_cached(self, features: Any) -> Tensor | tuple[Tensor, ...]:
+        """`encode`'s output as the tensors the embedding cache stores."""
+        ...
+
+    def from_cached(self, cached: Any) -> Any:
+        """Stacked cached tensors -> `encode`'s output, in the model's dtype."""
         ...

@@ -200,6 +200,46 @@ class Sam(nn.Module):
         """`postprocess_masks`: low-res logits -> logits `N x M x H x W`, original frame."""
         return self.postprocess_masks(low_res, input_size, original_size)
 
+    # --- the interface batched training shares with SAM 2 (samft.model.batched) ----------
+
+    def sparse_embeddings(
+        self, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None
+    ) -> Tensor:
+        """`N x T x C` prompt tokens as the official predictor lays them out: the clicks
+        (`N x P x 2`, `N x P`, input frame), a padding point when there is no box, then
+        the box (`N x 4`) as its own two corner embeddings."""
+        return self.prompt_encoder(points=points, boxes=boxes, masks=None)[0]
+
+    def decode_all(
+        self, features: Tensor, sparse: Tensor, dense: Tensor, image_index: Tensor
+    ) -> tuple[Tensor, Tensor, None]:
+        """All outputs for N prompts of B images (`features` B x C x h' x w', `sparse`
+        N x T x C, `dense` N x C x h' x w', `image_index` N): low-res logits
+        `N x 4 x 4h' x 4w'` (output 0 the single mask, 1..3 the multimask ones), IoU
+        predictions `N x 4`, and None (SAM has no object score)."""
+        masks, scores = self.mask_decoder.predict_masks(
+            features, self.prompt_encoder.get_dense_pe(), sparse, dense, image_index
+        )
+        return masks, scores, None
+
+    def frozen_with_encoder(self) -> list[nn.Parameter]:
+        """Parameters outside `image_encoder` that `encode` uses: none."""
+        return []
+
+    def encoder_state_dict(self) -> dict[str, Tensor]:
+        """Every tensor `encode`'s output depends on: the image encoder's state dict."""
+        return self.image_encoder.state_dict()
+
+    @staticmethod
+    def to_cached(features: Tensor) -> Tensor:
+        """What the embedding cache stores: the embedding itself (`C x S/16 x S/16`, in
+        fp16 2 MiB per image at S = 1024)."""
+        return features
+
+    def from_cached(self, cached: Tensor) -> Tensor:
+        """Stacked cached embeddings (`B x C x h' x w'`, fp16) in the model's dtype."""
+        return cached.to(self.pixel_mean.dtype)
+
     @torch.no_grad()
     def forward(
         self, batched_input: list[dict[str, Any]], multimask_output: bool

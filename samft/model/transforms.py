@@ -1,10 +1,14 @@
 """Resize images so their long side is the model's input size, and move prompts with them.
 
-`input_shape` is the one resize rule used everywhere (data pipeline, predictor, export):
+`input_shape` is the one resize rule of SAM's families (data pipeline, predictor, export):
 the original image frame (H x W) maps to the input frame (h x w, long side S) by a
 per-axis scale, and coordinates scale the same way. The uint8 path resizes through
 PIL's bilinear filter exactly as the official `ResizeLongestSide` does, so embeddings
 match the official predictor's bit for bit at the input.
+
+SAM 2 has another rule (`SQUARE_RESIZE`): every image goes to the S x S square, its aspect
+ratio not kept. `frame_shape` gives either frame from the family's resize name, so the data
+pipeline serves each generation in its own input frame.
 """
 
 from __future__ import annotations
@@ -27,8 +31,20 @@ def input_shape(height: int, width: int, image_size: int) -> tuple[int, int]:
 
 
 # How each family resizes a uint8 image to the input frame: SAM and MobileSAM through PIL's
-# bilinear filter (the official `ResizeLongestSide`), LiteMedSAM through OpenCV's area filter.
-RESIZE_FILTERS = ("bilinear", "area")
+# bilinear filter (the official `ResizeLongestSide`), LiteMedSAM through OpenCV's area filter
+# (both to long side S); SAM 2 to the S x S square, bilinear with antialiasing on floats
+# (torchvision's `Resize` on a tensor, as Meta's `SAM2Transforms`).
+SQUARE_RESIZE = "bilinear_antialias"
+LONG_SIDE_FILTERS = ("bilinear", "area")
+RESIZE_FILTERS = (*LONG_SIDE_FILTERS, SQUARE_RESIZE)
+
+
+def frame_shape(height: int, width: int, image_size: int, interpolation: str) -> tuple[int, int]:
+    """(h, w) of the input frame of an H x W image for a family resizing with
+    `interpolation`: (S, S) for SAM 2's square, else `input_shape` (long side S)."""
+    if interpolation == SQUARE_RESIZE:
+        return image_size, image_size
+    return input_shape(height, width, image_size)
 
 
 def resize_uint8(image: np.ndarray, height: int, width: int, interpolation: str) -> np.ndarray:
@@ -37,6 +53,8 @@ def resize_uint8(image: np.ndarray, height: int, width: int, interpolation: str)
     if interpolation == "area":
         resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
         return resized[..., None] if image.ndim == 3 and resized.ndim == 2 else resized
+    if interpolation == SQUARE_RESIZE:
+        return resize_antialiased(image, height, width)
     if interpolation != "bilinear":
         raise ValueError(
             f"unknown resize interpolation {interpolation!r}; expected {RESIZE_FILTERS}"
@@ -45,6 +63,18 @@ def resize_uint8(image: np.ndarray, height: int, width: int, interpolation: str)
     pil = Image.fromarray(np.ascontiguousarray(image[..., 0] if single_channel else image))
     resized = np.array(pil.resize((width, height), Image.BILINEAR))
     return resized[..., None] if single_channel else resized
+
+
+def resize_antialiased(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`H x W x C` (or `H x W`) uint8 -> `height x width (x C)` uint8: torch's bilinear
+    interpolation with antialiasing, rounded. Meta's SAM 2 resizes [0, 1] floats the same
+    way and feeds them on unrounded; the interpolation is linear, so the two differ by the
+    rounding alone (at most half a grey level)."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).float()
+    x = x[None, None] if image.ndim == 2 else x.permute(2, 0, 1)[None]
+    x = F.interpolate(x, (height, width), mode="bilinear", align_corners=False, antialias=True)
+    out = x.round().clamp(0, 255).to(torch.uint8)[0]
+    return (out[0] if image.ndim == 2 else out.permute(1, 2, 0)).numpy()
 
 
 class ResizeLongestSide:

@@ -8,13 +8,15 @@ the instance under the point, and nothing where the point is on the background.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from samft.data.batch import AutomaticPoints
 from samft.model import batched
+from samft.model.promptable import TrainableSam
 from samft.model.prompts import LABEL_POSITIVE, Prompts
-from samft.model.sam import Sam
 from samft.train.automatic_targets import best_instance_iou, containing_instance
 from samft.train.losses import LossOutput, SamLoss
 
@@ -31,9 +33,9 @@ def single_point_prompts(points: Tensor, low_res_size: int) -> Prompts:
 
 
 def automatic_point_loss(
-    sam: Sam,
+    sam: TrainableSam,
     loss_fn: SamLoss,
-    embeddings: Tensor,
+    embeddings: Any,
     automatic: AutomaticPoints,
     input_sizes: Tensor,
     num_points: float,
@@ -43,7 +45,7 @@ def automatic_point_loss(
     Args:
         sam: the model being trained.
         loss_fn: the module's focal + dice + IoU loss.
-        embeddings: B x C x h' x w' image embeddings of the batch.
+        embeddings: the decoder's features of the batch's B images (`batched.encode_images`).
         automatic: the points and their images' instances.
         input_sizes: B x 2 (h, w) of each image in the input frame.
         num_points: the divisor (points summed over ranks / world size).
@@ -79,4 +81,5 @@ def automatic_point_loss(
         answering=out.answering,
         iou_targets=targets,
         mask_weights=on_object,
+        object_scores=out.object_score,
     )

@@ -23,6 +23,7 @@ from samft.train.bounds import (
     Bounds,
     check_bounds,
 )
+from samft.train.losses import IOU_LOSSES
 
 ENCODER_MODES = ("frozen", "lora", "full")
 CLICK_MODES = ("random", "center")
@@ -118,7 +119,12 @@ class InteractiveConfig:
 class LossConfig:
     """Loss weights and focal-loss shape (Hydra group `loss`): the arguments of `SamLoss`,
     and the weight of the automatic-mode points' loss (`samft.train.automatic_loss`),
-    added to the prompted loss when batches carry such points."""
+    added to the prompted loss when batches carry such points.
+
+    `iou_loss` is `mse` (the SAM paper) or `l1` (SAM 2); `object_score_weight` weighs the
+    BCE on SAM 2's object-score logit (0: not trained; SAM has none). The defaults are SAM's
+    recipe; `loss=sam2` is Meta's SAM 2 one (focal 20, dice 1, IoU L1 1, object score 1).
+    """
 
     focal_weight: float = 20.0
     dice_weight: float = 1.0
@@ -126,6 +132,8 @@ class LossConfig:
     alpha: float = 0.25
     gamma: float = 2.0
     supervise_all_iou: bool = True
+    iou_loss: str = "mse"
+    object_score_weight: float = 0.0
     automatic_weight: float = 1.0
 
     BOUNDS: ClassVar[dict[str, Bounds]] = {
@@ -134,8 +142,12 @@ class LossConfig:
         "iou_weight": NON_NEGATIVE,
         "alpha": FRACTION,
         "gamma": NON_NEGATIVE,
+        "object_score_weight": NON_NEGATIVE,
         "automatic_weight": NON_NEGATIVE,
     }
+
+    def __post_init__(self) -> None:
+        _one_of("loss.iou_loss", self.iou_loss, IOU_LOSSES)
 
     def sam_loss_arguments(self) -> dict:
         """The fields `SamLoss` takes."""

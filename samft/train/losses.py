@@ -1,4 +1,5 @@
-"""The SAM paper's training loss: focal + dice on masks, MSE on the IoU head.
+"""The SAM paper's training loss: focal + dice on masks, MSE on the IoU head; and SAM 2's:
+the IoU head by L1, plus a binary cross-entropy on the object-score logit.
 
 All per-mask losses take mask logits `P x M x H x W` (P objects, M candidate masks each)
 and one ground-truth mask per object `P x H x W`, at the same resolution (the model's input
@@ -130,13 +131,25 @@ class LossOutput(NamedTuple):
     total: Tensor  # weighted sum of the three losses below, the one to backpropagate
     focal: Tensor  # unweighted focal loss of the chosen masks
     dice: Tensor  # unweighted dice loss of the chosen masks
-    iou: Tensor  # unweighted MSE of the IoU head
+    iou: Tensor  # unweighted MSE (or L1) of the IoU head
     best_index: Tensor  # P, long: the mask chosen for each object
     best_iou: Tensor  # P: true IoU of the chosen mask
+    object_score: Tensor | None = None  # unweighted object-score BCE; None without scores
+
+    def parts(self) -> dict[str, Tensor]:
+        """The logged losses: total, focal, dice, iou, and object_score when there is one."""
+        parts = {"total": self.total, "focal": self.focal, "dice": self.dice, "iou": self.iou}
+        if self.object_score is not None:
+            parts["object_score"] = self.object_score
+        return parts
+
+
+IOU_LOSSES = ("mse", "l1")
 
 
 class SamLoss(nn.Module):
-    """Focal + dice on the best of the M masks, plus MSE between IoU head and true IoU.
+    """Focal + dice on the best of the M masks, plus MSE (or L1) between IoU head and true
+    IoU, plus (SAM 2) a binary cross-entropy on the object-score logit.
 
     With multimask output (M > 1) only the mask with the lowest weighted focal + dice loss is
     backpropagated for each object, so the other masks stay free to cover other plausible
@@ -151,6 +164,10 @@ class SamLoss(nn.Module):
         alpha: focal loss foreground weight.
         gamma: focal loss focusing exponent.
         supervise_all_iou: MSE over all masks (True) or only the chosen one (False).
+        iou_loss: "mse" (the SAM paper) or "l1" (SAM 2's training).
+        object_score_weight: weight of the object-score BCE (SAM 2 trains with 1; SAM has
+            no object score). The target is 1 where the object's ground truth has a valid
+            pixel, else 0 (an automatic-mode point on the background).
     """
 
     def __init__(
@@ -161,8 +178,14 @@ class SamLoss(nn.Module):
         alpha: float = 0.25,
         gamma: float = 2.0,
         supervise_all_iou: bool = True,
+        iou_loss: str = "mse",
+        object_score_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        if iou_loss not in IOU_LOSSES:
+            raise ValueError(f"iou_loss must be one of {list(IOU_LOSSES)}, got {iou_loss!r}")
+        self.iou_loss = iou_loss
+        self.object_score_weight = object_score_weight
         self.focal_weight = focal_weight
         self.dice_weight = dice_weight
         self.iou_weight = iou_weight
@@ -180,6 +203,7 @@ class SamLoss(nn.Module):
         answering: Tensor | None = None,
         iou_targets: Tensor | None = None,
         mask_weights: Tensor | None = None,
+        object_scores: Tensor | None = None,
     ) -> LossOutput:
         """Compute the loss of P objects.
 
@@ -198,6 +222,7 @@ class SamLoss(nn.Module):
                 `gt_masks` (automatic-mode points: the IoU with the best-matching instance).
             mask_weights: P, scales each object's focal and dice loss (0: train the IoU head
                 only, for a point with no object under it); None: 1 for all.
+            object_scores: P x 1 object-score logits (SAM 2), or None: no object-score loss.
         """
         if iou_predictions.shape != mask_logits.shape[:2]:
             raise ValueError(
@@ -225,7 +250,8 @@ class SamLoss(nn.Module):
         else:
             best = torch.zeros_like(rows)
 
-        iou_error = (iou_predictions - true_iou.to(iou_predictions.dtype)) ** 2  # P x M
+        iou_error = iou_predictions - true_iou.to(iou_predictions.dtype)  # P x M
+        iou_error = iou_error.abs() if self.iou_loss == "l1" else iou_error**2
         # all masks: the head learns to rank them; best only: it learns the chosen one's score
         if self.supervise_all_iou:
             weights = answering.to(iou_error.dtype)
@@ -247,6 +273,10 @@ class SamLoss(nn.Module):
         total = (
             self.focal_weight * focal_sum + self.dice_weight * dice_sum + self.iou_weight * iou_sum
         )
+        object_sum = None
+        if object_scores is not None:
+            object_sum = object_score_loss(object_scores, gt_masks, valid).sum() / divisor
+            total = total + self.object_score_weight * object_sum
         return LossOutput(
             total=total,
             focal=focal_sum,
@@ -254,4 +284,24 @@ class SamLoss(nn.Module):
             iou=iou_sum,
             best_index=best,
             best_iou=true_iou[rows, best],
+            object_score=object_sum,
         )
+
+
+def object_score_loss(logits: Tensor, targets: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Binary cross-entropy of each object's object-score logit against "the object is in
+    the image": 1 where its ground truth has a (valid) pixel, else 0.
+
+    Args:
+        logits: P x 1 object-score logits.
+        targets: P x H x W ground truth (bool or 0/1 float).
+        valid: P x H x W bool, True on real image pixels; None means all pixels count.
+
+    Returns:
+        P loss per object.
+    """
+    present = targets.bool()
+    if valid is not None:
+        present = present & valid.bool()
+    target = present.flatten(1).any(dim=1).to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")

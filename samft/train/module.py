@@ -1,7 +1,9 @@
-"""The LightningModule that fine-tunes a full `Sam`: the training and validation loops.
+"""The LightningModule that fine-tunes a full `Sam` or `Sam2`: the training and validation
+loops.
 
 One image-encoder pass per image, then every prompt of the batch goes through the prompt
-encoder and the mask decoder in one batched call (`samft.model.batched`). Optional
+encoder and the mask decoder in one batched call (`samft.model.batched`, where each
+generation's differences sit behind the model). Optional
 correction rounds follow the SAM paper (`samft.train.rounds`): a click sampled from the
 error region of the best mask, with the previous low-res logits fed back as the mask prompt.
 """
@@ -21,6 +23,7 @@ from samft.model.lora import apply_lora
 from samft.model.prompts import Prompts
 from samft.model.registry import build_sam
 from samft.model.sam import Sam
+from samft.model.sam2 import Sam2
 from samft.train.automatic_loss import automatic_point_loss
 from samft.train.config import (
     FinetuneConfig,
@@ -67,7 +70,7 @@ class SamFineTuner(L.LightningModule):
                 "optim": dataclasses.asdict(self.optim_config),
             }
         )
-        self.model: Sam = self._build_model().train()
+        self.model: Sam | Sam2 = self._build_model().train()
         self._set_trainable()
         self.loss_fn = SamLoss(**self.loss_config.sam_loss_arguments())
         self.val_metrics = PromptedSegmentationMetrics(
@@ -75,7 +78,7 @@ class SamFineTuner(L.LightningModule):
         )
 
     # ----------------------------------------------------------------- set-up
-    def _build_model(self) -> Sam:
+    def _build_model(self) -> Sam | Sam2:
         cfg = self.model_config
         kwargs = {
             "image_size": cfg.image_size,
@@ -109,23 +112,26 @@ class SamFineTuner(L.LightningModule):
                 param.requires_grad_(False)
         self.model.prompt_encoder.requires_grad_(ft.prompt_encoder)
         self.model.mask_decoder.requires_grad_(ft.mask_decoder)
+        if ft.image_encoder == "frozen":  # SAM 2: what `encode` uses beside the encoder
+            for param in self.model.frozen_with_encoder():
+                param.requires_grad_(False)
 
     @property
     def encoder_is_trained(self) -> bool:
         return self.finetune_config.image_encoder != "frozen"
 
     # ------------------------------------------------------------- forward parts
-    def encode_images(self, images: list[Tensor]) -> Tensor:
-        """B images (3 x h x w, uint8, input frame) -> B x C x h' x w' embeddings; a frozen
-        encoder runs without autograd so it builds no graph."""
+    def encode_images(self, images: list[Tensor]) -> Any:
+        """B images (3 x h x w, uint8, input frame) -> the decoder's features (SAM:
+        B x C x h' x w'); a frozen encoder runs without autograd so it builds no graph."""
         with torch.set_grad_enabled(self.encoder_is_trained and torch.is_grad_enabled()):
             return batched.encode_images(self.model, images)
 
-    def batch_embeddings(self, batch: SamBatch) -> Tensor:
-        """B x C x h' x w': the batch's cached embeddings when it carries them, else the
-        encoder's output for its images."""
+    def batch_embeddings(self, batch: SamBatch) -> Any:
+        """The decoder's features of the batch's B images (SAM: B x C x h' x w'): from the
+        cache when the batch carries them, else the encoder's output for its images."""
         if batch.embeddings is not None:
-            return batch.embeddings.to(self.model.pixel_mean.dtype)
+            return self.model.from_cached(batch.embeddings)
         return self.encode_images(batch.images)
 
     def valid_region(self, batch: SamBatch) -> Tensor:
@@ -149,7 +155,7 @@ class SamFineTuner(L.LightningModule):
         return round_plan(self.interactive_config, step)
 
     def decode_round(
-        self, embeddings: Tensor, batch: SamBatch, prompts: Prompts, round_index: int
+        self, embeddings: Any, batch: SamBatch, prompts: Prompts, round_index: int
     ) -> tuple[batched.DecoderOutput, Tensor]:
         """One round of the interactive loop: the decoder's outputs and their logits
         upscaled to the padded input square (P x 4 x S x S). Only the first round may
@@ -182,20 +188,25 @@ class SamFineTuner(L.LightningModule):
             with torch.set_grad_enabled(round_index in counted and torch.is_grad_enabled()):
                 out, logits = self.decode_round(embeddings, batch, prompts, round_index)
                 loss = self.loss_fn(
-                    logits, out.iou_pred, gt, valid, num_objects, answering=out.answering
+                    logits,
+                    out.iou_pred,
+                    gt,
+                    valid,
+                    num_objects,
+                    answering=out.answering,
+                    object_scores=out.object_score,
                 )
             if round_index in counted:
-                for key in ("total", "focal", "dice", "iou"):
-                    totals[key] = totals.get(key, 0.0) + getattr(loss, key) / len(counted)
+                for key, value in loss.parts().items():
+                    totals[key] = totals.get(key, 0.0) + value / len(counted)
             if round_index == num_rounds - 1:
                 break
             best = self.feedback_index(out, loss.best_index)
             pred = None
             if round_index < cfg.correction_rounds:
                 pred = logits[rows, best].detach() > self.model.mask_threshold
-            prompts = next_round_prompts(
-                prompts, out.low_res[rows, best].detach(), pred, gt, valid, cfg.click_mode
-            )
+            feedback = batched.feedback_logits(self.model, out.low_res[rows, best].detach())
+            prompts = next_round_prompts(prompts, feedback, pred, gt, valid, cfg.click_mode)
         automatic = batch.automatic
         if automatic is not None and self.loss_config.automatic_weight > 0:
             num_points = self.num_objects_per_rank(automatic.points.shape[0])
@@ -245,7 +256,13 @@ class SamFineTuner(L.LightningModule):
             pred = logits[rows, best] > self.model.mask_threshold
             if click == 0:
                 loss = self.loss_fn(
-                    logits, out.iou_pred, gt, valid, float(gt.shape[0]), answering=out.answering
+                    logits,
+                    out.iou_pred,
+                    gt,
+                    valid,
+                    float(gt.shape[0]),
+                    answering=out.answering,
+                    object_scores=out.object_score,
                 )
                 self.log(f"{stage}/loss", loss.total, batch_size=len(batch), sync_dist=True)
                 inter = (pred & gt & valid).flatten(1).sum(1)
@@ -260,9 +277,8 @@ class SamFineTuner(L.LightningModule):
                 )
             if click == max_clicks:
                 break
-            prompts = next_round_prompts(
-                prompts, out.low_res[rows, best], pred, gt, valid, "center"
-            )
+            feedback = batched.feedback_logits(self.model, out.low_res[rows, best])
+            prompts = next_round_prompts(prompts, feedback, pred, gt, valid, "center")
         return first
 
     def on_validation_epoch_end(self) -> None:

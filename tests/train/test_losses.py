@@ -237,3 +237,59 @@ def test_eligible_masks_limit_the_choice_and_the_iou_supervision():
     expected = (0.25 + (0.25 + 0.25 + 0.25) / 3) / 2
     assert out.iou.item() == pytest.approx(expected)
     assert iou_pred.grad[0, 1:].abs().sum() == 0 and iou_pred.grad[1, 0] == 0
+
+
+def test_sam2_loss_iou_l1_and_object_score_by_hand():
+    """SAM 2's loss on `_tiny`'s object (true IoU 0.25 of its one mask): the IoU head by L1,
+    |0.75 - 0.25| = 0.5; the object-score BCE of logit 2 for a present object,
+    log(1 + e^-2) = 0.126928; with Meta's weights 20 : 1 : 1 : 1. The default SAM loss
+    ignores the scores (weight 0) but still reports their BCE."""
+    logits, target = _tiny()
+    iou_pred = torch.tensor([[0.75]])
+    scores = torch.tensor([[2.0]])
+    focal = sum(_focal_pixel(p, t) for p, t in PIXELS) / 4
+    bce = math.log(1 + math.exp(-2.0))
+    out = SamLoss(iou_loss="l1", object_score_weight=1.0)(
+        logits, iou_pred, target, object_scores=scores
+    )
+    assert out.iou.item() == pytest.approx(0.5, rel=1e-6)
+    assert out.object_score.item() == pytest.approx(bce, rel=1e-6)
+    assert out.total.item() == pytest.approx(20 * focal + 0.36 + 0.5 + bce, rel=1e-5)
+    assert set(out.parts()) == {"total", "focal", "dice", "iou", "object_score"}
+
+    plain = SamLoss()(logits, iou_pred, target, object_scores=scores)
+    assert plain.total.item() == pytest.approx(20 * focal + 0.36 + 0.25, rel=1e-5)
+    assert SamLoss()(logits, iou_pred, target).object_score is None
+    assert set(SamLoss()(logits, iou_pred, target).parts()) == {"total", "focal", "dice", "iou"}
+
+
+def test_object_score_target_is_whether_the_object_has_a_valid_pixel():
+    """Two objects, logit 0 each (BCE log 2 whatever the target) and logit 3: present
+    -> log(1 + e^-3) = 0.048587, absent (its only pixel on the padding) -> 3 + log(1 + e^-3)
+    = 3.048587; summed over objects and divided by the divisor 2."""
+    gt = torch.zeros(2, 4, 4, dtype=torch.bool)
+    gt[0, 1, 1] = True
+    gt[1, 3, 3] = True
+    valid = torch.ones(2, 4, 4, dtype=torch.bool)
+    valid[:, 3, :] = False  # the bottom row is padding: object 1 has no valid pixel
+    logits = torch.zeros(2, 1, 4, 4)
+    iou_pred = torch.zeros(2, 1)
+    loss = SamLoss(object_score_weight=1.0)
+    half = loss(logits, iou_pred, gt, valid, object_scores=torch.zeros(2, 1))
+    assert half.object_score.item() == pytest.approx(math.log(2), rel=1e-6)
+    out = loss(logits, iou_pred, gt, valid, object_scores=torch.full((2, 1), 3.0))
+    present, absent = math.log(1 + math.exp(-3.0)), 3 + math.log(1 + math.exp(-3.0))
+    assert out.object_score.item() == pytest.approx((present + absent) / 2, rel=1e-6)
+
+
+def test_iou_loss_choice_is_checked_in_the_loss_and_its_config():
+    from samft.train.config import LossConfig, as_config
+
+    with pytest.raises(ValueError, match="iou_loss"):
+        SamLoss(iou_loss="huber")
+    with pytest.raises(ValueError, match="loss.iou_loss"):
+        as_config(LossConfig, {"iou_loss": "huber"}, "loss")
+    with pytest.raises(ValueError, match="object_score_weight"):
+        as_config(LossConfig, {"object_score_weight": -1.0}, "loss")
+    defaults = LossConfig().sam_loss_arguments()
+    assert defaults["iou_loss"] == "mse" and defaults["object_score_weight"] == 0.0

@@ -10,7 +10,12 @@ Layout of a cache directory:
     manifest.json              what the embeddings depend on (`CacheKey`), one entry per
                                (image file, orientation), and `complete`, true only once
                                every entry is written (the manifest is replaced atomically)
-    shard-00000.safetensors    fp16 embeddings `C x h x w`, read memory-mapped
+    shard-00000.safetensors    fp16 embeddings, read memory-mapped: SAM's `C x S/16 x S/16`
+                               (2 MiB per image at S = 1024), or SAM 2's three levels as
+                               three tensors (`C x S/16`², `C/8 x S/4`², `C/4 x S/8`²: 8 MiB
+                               per image at S = 1024, C = 256; the two high-resolution
+                               levels after the decoder's `conv_s0` / `conv_s1`, which a
+                               frozen encoder freezes with it)
 
 An entry is keyed on the image file's absolute path and its orientation (`none`, `h`, `v`,
 `hv`: the flips a sample may show); it records the file's size and modification time, so an

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,14 +43,16 @@ class CacheKey:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-def encoder_sha256(encoder: nn.Module) -> str:
-    """sha256 of a module's state dict (names, dtypes, shapes and bytes, sorted by name).
+def encoder_sha256(encoder: nn.Module | Mapping[str, Tensor]) -> str:
+    """sha256 of a module's state dict, or of a state dict (names, dtypes, shapes and
+    bytes, sorted by name).
 
     Hashing the weights rather than the checkpoint file means the same weights saved as
     .pth or .safetensors share a cache, and resized position embeddings do not.
     """
+    state = encoder.state_dict() if isinstance(encoder, nn.Module) else encoder
     digest = hashlib.sha256()
-    for name, tensor in sorted(encoder.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too
@@ -57,12 +60,13 @@ def encoder_sha256(encoder: nn.Module) -> str:
 
 
 def cache_key(sam: nn.Module, image_stamp: str = "mtime") -> CacheKey:
-    """The key of a `Sam`'s image encoder and preprocessing; `image_stamp` says how an
-    image file is recognised as unchanged (`file_stamp`)."""
+    """The key of a model's encoder and preprocessing (`Sam`, `Sam2`: every tensor its
+    `encode` depends on, `encoder_state_dict`); `image_stamp` says how an image file is
+    recognised as unchanged (`file_stamp`)."""
     if image_stamp not in IMAGE_STAMPS:
         raise ValueError(f"cache.image_stamp={image_stamp!r}: expected one of {IMAGE_STAMPS}")
     return CacheKey(
-        encoder_sha256=encoder_sha256(sam.image_encoder),
+        encoder_sha256=encoder_sha256(sam.encoder_state_dict()),
         image_size=int(sam.image_size),
         pixel_mean=tuple(float(v) for v in sam.pixel_mean.flatten()),
         pixel_std=tuple(float(v) for v in sam.pixel_std.flatten()),

@@ -85,26 +85,37 @@ class EmbeddingCache:
                 "overrides (the same data and augmentation)"
             )
 
-    def get(self, path: str | Path, orientation: str) -> Tensor:
-        """The fp16 embedding `C x h x w` of one image in one orientation, checked against
-        the checksum written with it (a shard damaged in place is a CacheError, never
-        silently trained on)."""
+    def get(self, path: str | Path, orientation: str) -> Tensor | tuple[Tensor, ...]:
+        """The fp16 embedding `C x h x w` of one image in one orientation (SAM 2: a tuple
+        of its three levels), checked against the checksum written with it (a shard
+        damaged in place is a CacheError, never silently trained on)."""
         entry = self.entries[entry_name(path, orientation)]
-        handle = self._handles.get(entry["shard"])
+        if isinstance(entry["tensor"], list):  # several levels, one checksum each
+            return tuple(
+                self._read(path, orientation, entry["shard"], name, digest)
+                for name, digest in zip(entry["tensor"], entry["digest"], strict=True)
+            )
+        return self._read(path, orientation, entry["shard"], entry["tensor"], entry["digest"])
+
+    def _read(
+        self, path: str | Path, orientation: str, shard: str, name: str, digest: str
+    ) -> Tensor:
+        """One stored tensor, checked against its checksum."""
+        handle = self._handles.get(shard)
         try:
             if handle is None:
-                handle = safe_open(str(self.root / entry["shard"]), framework="pt")
-                self._handles[entry["shard"]] = handle
-            tensor = handle.get_tensor(entry["tensor"])
+                handle = safe_open(str(self.root / shard), framework="pt")
+                self._handles[shard] = handle
+            tensor = handle.get_tensor(name)
         except Exception as err:  # SafetensorError (a damaged header), OSError: not readable
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CacheError(
-                f"embedding cache {self.root}: shard {entry['shard']} cannot be read "
+                f"embedding cache {self.root}: shard {shard} cannot be read "
                 f"({reason}); rebuild it: delete the shard and run `python -m samft cache` again"
             ) from None
-        if tensor_digest(tensor) != entry["digest"]:
+        if tensor_digest(tensor) != digest:
             raise CacheError(
-                f"embedding cache {self.root}: shard {entry['shard']} is damaged (the "
+                f"embedding cache {self.root}: shard {shard} is damaged (the "
                 f"embedding of {path} ({orientation}) does not match its checksum); rebuild "
                 "it: delete the shard and run `python -m samft cache` again"
             )

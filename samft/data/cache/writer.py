@@ -53,7 +53,8 @@ def build_cache(
         key: the model's `cache_key`; a cache with another key is replaced.
         jobs: the images and the orientations each must be cached in.
         embed: a list of B uint8 images `3 x h x w` (resized to the input frame, not
-            normalised or padded) -> `B x C x h' x w'` embeddings.
+            normalised or padded) -> `B x C x h' x w'` embeddings, or a tuple of such
+            `B x ...` levels (SAM 2's `Sam2.to_cached`), each stored as its own tensor.
         batch_size: images per `embed` call.
         shard_mb: a shard is closed when it holds this many megabytes.
 
@@ -109,7 +110,7 @@ def build_cache(
             for job, orientation, _ in chunk
         ]
         with torch.no_grad():
-            embeddings = embed(images).to("cpu", torch.float16)
+            embeddings = per_image(embed(images))
         for (job, orientation, stamp), embedding in zip(chunk, embeddings, strict=True):
             writer.add(entry_name(job.path, orientation), embedding, stamp)
         log.info("cache %s: %d / %d embeddings computed", root, start + len(chunk), len(todo))
@@ -117,6 +118,16 @@ def build_cache(
     manifest["complete"] = True
     write_manifest(root, manifest)
     return {"computed": len(todo), "reused": reused, "entries": len(manifest["entries"])}
+
+
+def per_image(
+    embeddings: Tensor | Sequence[Tensor],
+) -> list[Tensor] | list[tuple[Tensor, ...]]:
+    """`B x ...` (or a tuple of `B x ...` levels) -> B fp16 CPU tensors (or level tuples)."""
+    if isinstance(embeddings, Tensor):
+        return list(embeddings.to("cpu", torch.float16))
+    levels = [level.to("cpu", torch.float16) for level in embeddings]
+    return list(zip(*levels, strict=True))
 
 
 class _ShardWriter:
@@ -129,9 +140,14 @@ class _ShardWriter:
         numbers = [int(s[6:11]) for s in manifest["shards"]]
         self.next_shard = max(numbers, default=-1) + 1
 
-    def add(self, name: str, embedding: Tensor, stamp: dict[str, int]) -> None:
-        self.pending[f"e{len(self.pending):06d}"] = (name, embedding.contiguous(), stamp)
-        self.size += embedding.numel() * embedding.element_size()
+    def add(self, name: str, embedding: Tensor | tuple[Tensor, ...], stamp: dict[str, int]) -> None:
+        if isinstance(embedding, Tensor):
+            embedding = embedding.contiguous()
+            self.size += embedding.numel() * embedding.element_size()
+        else:
+            embedding = tuple(level.contiguous() for level in embedding)
+            self.size += sum(level.numel() * level.element_size() for level in embedding)
+        self.pending[f"e{len(self.pending):06d}"] = (name, embedding, stamp)
         if self.size >= self.shard_bytes:
             self.close()
 
@@ -141,15 +157,26 @@ class _ShardWriter:
         shard = f"shard-{self.next_shard:05d}.safetensors"
         self.next_shard += 1
         tmp = self.root / f".{shard}.tmp"
-        save_file({t: e for t, (_, e, _) in self.pending.items()}, str(tmp))
+        tensors: dict[str, Tensor] = {}
+        for tensor, (_, embedding, _) in self.pending.items():
+            if isinstance(embedding, Tensor):
+                tensors[tensor] = embedding
+            else:  # SAM 2's levels: e000000.0, e000000.1, ...
+                tensors.update({f"{tensor}.{i}": level for i, level in enumerate(embedding)})
+        save_file(tensors, str(tmp))
         os.replace(tmp, self.root / shard)
         self.manifest["shards"][shard] = {"bytes": (self.root / shard).stat().st_size}
         for tensor, (name, embedding, stamp) in self.pending.items():
+            if isinstance(embedding, Tensor):
+                names, digest = tensor, tensor_digest(embedding)
+            else:  # lists: one name and one checksum per level
+                names = [f"{tensor}.{i}" for i in range(len(embedding))]
+                digest = [tensor_digest(level) for level in embedding]
             self.manifest["entries"][name] = {
                 "shard": shard,
-                "tensor": tensor,
+                "tensor": names,
                 "image": stamp,
-                "digest": tensor_digest(embedding),
+                "digest": digest,
             }
         write_manifest(self.root, self.manifest)
         self.pending, self.size = {}, 0

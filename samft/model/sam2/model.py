@@ -9,7 +9,11 @@ bilinearly with antialiasing, then normalised with ImageNet's mean and std.
 
 `input_frame_size`, `prepare_image`, `encode`, `transform_coords` / `transform_boxes`,
 `decode` and `masks_to_original` are the interface prompted inference shares with SAM
-(`samft.model.promptable`).
+(`samft.model.promptable`); `sparse_embeddings`, `decode_all`, `frozen_with_encoder`,
+`encoder_state_dict`, `to_cached` / `from_cached` the one batched training and the
+embedding cache share (`samft.model.batched`). Training data comes in this model's input
+frame: the data pipeline resizes images and masks to the S x S square
+(`resize_interpolation`), so prompts drawn from the masks need no mapping.
 
 The state dict is Meta's (`image_encoder.trunk.*`, `image_encoder.neck.*`,
 `sam_prompt_encoder.*`, `sam_mask_decoder.*`, `no_mem_embed`), plus the video model's
@@ -31,6 +35,7 @@ from samft.model.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, PromptEnc
 from samft.model.sam2.carried import CarriedTensors
 from samft.model.sam2.image_encoder import Sam2ImageEncoder
 from samft.model.sam2.mask_decoder import Sam2MaskDecoder
+from samft.model.transforms import SQUARE_RESIZE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # of [0, 1] pixels
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,6 +52,17 @@ class Sam2Features(NamedTuple):
 
     image_embed: Tensor
     high_res: tuple[Tensor, Tensor]
+
+    def to_tensors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(image_embed, high_res[0], high_res[1]): the three levels, as the cache stores
+        them."""
+        return (self.image_embed, *self.high_res)
+
+    @classmethod
+    def from_tensors(cls, tensors: Sequence[Tensor]) -> Sam2Features:
+        """The inverse of `to_tensors`."""
+        image_embed, s0, s1 = tensors
+        return cls(image_embed, (s0, s1))
 
 
 class Sam2(nn.Module):
@@ -65,6 +81,8 @@ class Sam2(nn.Module):
     mask_threshold: float = 0.0
     image_format: str = "RGB"
     low_res_clamp: float | None = LOW_RES_CLAMP
+    normalization: str = "imagenet"  # [0, 1] pixels, ImageNet mean/std (`preprocess`)
+    resize_interpolation: str = SQUARE_RESIZE  # to the S x S square (`samft.model.transforms`)
 
     def __init__(
         self,
@@ -157,15 +175,9 @@ class Sam2(nn.Module):
             if point_labels is None:
                 raise ValueError("point_labels must come with point_coords")
             points = (point_coords, point_labels)
-        if boxes is not None:
-            corners = boxes.reshape(-1, 2, 2)
-            labels = torch.tensor([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], device=boxes.device)
-            labels = labels.expand(corners.shape[0], 2)
-            if points is not None:
-                corners = torch.cat([corners, points[0]], dim=1)
-                labels = torch.cat([labels, points[1].to(labels.dtype)], dim=1)
-            points = (corners, labels)
-        sparse, dense = self.sam_prompt_encoder(points=points, boxes=None, masks=mask_inputs)
+        sparse, dense = self.sam_prompt_encoder(
+            points=self._prompt_points(points, boxes), boxes=None, masks=mask_inputs
+        )
         return self.sam_mask_decoder(
             image_embeddings=features.image_embed,
             image_pe=self.sam_prompt_encoder.get_dense_pe(),
@@ -175,6 +187,92 @@ class Sam2(nn.Module):
             high_res_features=features.high_res,
             image_index=image_index,
         )
+
+    def sparse_embeddings(
+        self, points: tuple[Tensor, Tensor] | None, boxes: Tensor | None
+    ) -> Tensor:
+        """`N x T x C` prompt tokens as Meta's predictor lays them out: a box as two
+        points labelled 2 and 3, then the clicks (`N x P x 2` coords and `N x P` labels,
+        input frame), then one padding point."""
+        points = self._prompt_points(points, boxes)
+        return self.sam_prompt_encoder(points=points, boxes=None, masks=None)[0]
+
+    @staticmethod
+    def _prompt_points(
+        points: tuple[Tensor, Tensor] | None, boxes: Tensor | None
+    ) -> tuple[Tensor, Tensor] | None:
+        """A box (`N x 4`) as two corner points labelled 2 and 3 before the clicks."""
+        if boxes is None:
+            return points
+        corners = boxes.reshape(-1, 2, 2)
+        labels = torch.tensor([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], device=boxes.device)
+        labels = labels.expand(corners.shape[0], 2)
+        if points is not None:
+            corners = torch.cat([corners, points[0]], dim=1)
+            labels = torch.cat([labels, points[1].to(labels.dtype)], dim=1)
+        return corners, labels
+
+    def decode_all(
+        self, features: Sam2Features, sparse: Tensor, dense: Tensor, image_index: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """All outputs for N prompts of B images, as the batched loop reads them.
+
+        Args:
+            features: `encode` of B images.
+            sparse: `N x T x C` (`sparse_embeddings`); dense: `N x C x h x w`.
+            image_index: LongTensor `N`, each prompt's image.
+
+        Returns:
+            low-res logits `N x 4 x S/4 x S/4` (output 0 the single mask, 1..3 the
+            multimask ones), IoU predictions `N x 4` (sigmoid) and object-score logits
+            `N x 1`. In eval mode output 0 is what Meta's predictor answers for a single
+            mask: the best multimask output where the single one is unstable.
+        """
+        decoder = self.sam_mask_decoder
+        masks, iou_pred, object_score = decoder.predict_masks(
+            features.image_embed,
+            self.sam_prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+            features.high_res,
+            image_index,
+        )
+        if decoder.dynamic_multimask_via_stability and not decoder.training:
+            single, single_iou = decoder.stable_single_mask(masks, iou_pred)
+            masks = torch.cat([single, masks[:, 1:]], dim=1)
+            iou_pred = torch.cat([single_iou, iou_pred[:, 1:]], dim=1)
+        return masks, iou_pred, object_score
+
+    def frozen_with_encoder(self) -> list[nn.Parameter]:
+        """The parameters outside `image_encoder` that `encode` uses: `no_mem_embed` and
+        the decoder's `conv_s0` / `conv_s1` (1 x 1 projections of the two high-resolution
+        levels). A frozen encoder freezes them too, so `encode`'s output is fixed and the
+        embedding cache can hold it."""
+        decoder = self.sam_mask_decoder
+        return [self.no_mem_embed, *decoder.conv_s0.parameters(), *decoder.conv_s1.parameters()]
+
+    def encoder_state_dict(self) -> dict[str, Tensor]:
+        """Every tensor `encode`'s output depends on (the cache key hashes them): the image
+        encoder's state dict and `frozen_with_encoder`'s tensors under their own keys."""
+        state = dict(self.image_encoder.state_dict())
+        state["no_mem_embed"] = self.no_mem_embed.detach()
+        for name in ("conv_s0", "conv_s1"):
+            for key, tensor in getattr(self.sam_mask_decoder, name).state_dict().items():
+                state[f"sam_mask_decoder.{name}.{key}"] = tensor
+        return state
+
+    @staticmethod
+    def to_cached(features: Sam2Features) -> tuple[Tensor, Tensor, Tensor]:
+        """What the embedding cache stores of one or B images' features: the three levels
+        (`Sam2Features.to_tensors`). In fp16 at S = 1024 and C = 256: 64² x 256 +
+        256² x 32 + 128² x 64 values, 8 MiB per image (SAM ViT's one level: 2 MiB)."""
+        return features.to_tensors()
+
+    def from_cached(self, cached: Sequence[Tensor]) -> Sam2Features:
+        """Stacked cached levels (`B x ...` each, fp16) -> the decoder's features in the
+        model's dtype."""
+        dtype = self.pixel_mean.dtype
+        return Sam2Features.from_tensors([t.to(dtype) for t in cached])
 
     def input_frame_size(self, original_size: Sequence[int]) -> tuple[int, int]:
         """(S, S): every image is resized to the square, whatever its H x W."""
