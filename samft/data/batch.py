@@ -44,6 +44,10 @@ class SamBatch:
     object_areas:        P float, pixels in the original frame (before the resize)
     embeddings:          B x C x h' x w' fp16 from the embedding cache, or None
     automatic:           the automatic-mode training points, or None
+    instance_labels:     B x S x S int32 id map of every instance (0 background and
+                         padding), input frame, or None (`SamDataset(instance_targets=True)`)
+    instance_targets:    B x 3 x S x S float32 instance-head targets (`INSTANCE_MAPS`,
+                         0 on the padding), or None
     """
 
     images: list[Tensor]
@@ -56,6 +60,8 @@ class SamBatch:
     object_areas: Tensor
     embeddings: Tensor | None = None
     automatic: AutomaticPoints | None = None
+    instance_labels: Tensor | None = None
+    instance_targets: Tensor | None = None
 
     def __len__(self) -> int:
         """B, the number of images."""

@@ -50,8 +50,13 @@ def encode_images(sam: Sam, images: list[Tensor]) -> Tensor:
     Normalisation and padding happen in `Sam.preprocess`, exactly as at inference. Runs
     with autograd as the caller has it: wrap in `torch.no_grad()` for a frozen encoder.
     """
-    x = torch.cat([sam.preprocess(img[None].float()) for img in images])
-    return sam.image_encoder(x)
+    return sam.image_encoder(preprocess_images(sam, images))
+
+
+def preprocess_images(sam: Sam, images: list[Tensor]) -> Tensor:
+    """B images (uint8 3 x h_i x w_i, input frame) -> B x 3 x S x S, normalised and padded
+    by `Sam.preprocess`, as the encoder sees them."""
+    return torch.cat([sam.preprocess(img[None].float()) for img in images])
 
 
 def dense_embeddings(sam: Sam, mask_inputs: Tensor, has_mask_input: Tensor) -> Tensor:

@@ -118,7 +118,12 @@ class InteractiveConfig:
 class LossConfig:
     """Loss weights and focal-loss shape (Hydra group `loss`): the arguments of `SamLoss`,
     and the weight of the automatic-mode points' loss (`samft.train.automatic_loss`),
-    added to the prompted loss when batches carry such points."""
+    added to the prompted loss when batches carry such points.
+
+    `prompted_weight` scales the prompted loss (0: no prompt is decoded in training, e.g. to
+    train the instance head alone); `instance_weight` is the instance head's loss
+    (`samft.train.instance_loss`) beside it, and `instance_bce_weight` its foreground
+    cross-entropy beside the dice, when the module has a head."""
 
     focal_weight: float = 20.0
     dice_weight: float = 1.0
@@ -127,6 +132,9 @@ class LossConfig:
     gamma: float = 2.0
     supervise_all_iou: bool = True
     automatic_weight: float = 1.0
+    prompted_weight: float = 1.0
+    instance_weight: float = 1.0
+    instance_bce_weight: float = 1.0
 
     BOUNDS: ClassVar[dict[str, Bounds]] = {
         "focal_weight": NON_NEGATIVE,
@@ -135,13 +143,51 @@ class LossConfig:
         "alpha": FRACTION,
         "gamma": NON_NEGATIVE,
         "automatic_weight": NON_NEGATIVE,
+        "prompted_weight": NON_NEGATIVE,
+        "instance_weight": NON_NEGATIVE,
+        "instance_bce_weight": NON_NEGATIVE,
     }
+    # the weights of the other losses, not arguments of `SamLoss`
+    OUTER_WEIGHTS: ClassVar[tuple[str, ...]] = (
+        "automatic_weight",
+        "prompted_weight",
+        "instance_weight",
+        "instance_bce_weight",
+    )
 
     def sam_loss_arguments(self) -> dict:
         """The fields `SamLoss` takes."""
         values = dataclasses.asdict(self)
-        values.pop("automatic_weight")
+        for key in self.OUTER_WEIGHTS:
+            values.pop(key)
         return values
+
+
+@dataclass
+class InstanceHeadConfig:
+    """The instance head for prompt-free instance segmentation (`samft.model.instance_head`;
+    key `instance_head`): off unless `enabled`. `width`, `min_width` and `image_channels`
+    are `InstanceHead`'s arguments; its upsampling follows from the model (input size /
+    embedding size)."""
+
+    enabled: bool = False
+    width: int = 64
+    min_width: int = 16
+    image_channels: int = 16
+
+    BOUNDS: ClassVar[dict[str, Bounds]] = {
+        "width": AT_LEAST_ONE,
+        "min_width": AT_LEAST_ONE,
+        "image_channels": NON_NEGATIVE,
+    }
+
+    def head_arguments(self) -> dict:
+        """The fields `InstanceHead` takes."""
+        return {
+            "width": self.width,
+            "min_width": self.min_width,
+            "image_channels": self.image_channels,
+        }
 
 
 def _one_of(key: str, value: Any, allowed: tuple) -> None:
