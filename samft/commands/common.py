@@ -38,18 +38,22 @@ def build_module(cfg: DictConfig) -> SamFineTuner:
         interactive=to_plain(cfg.interactive),
         loss=to_plain(cfg.loss),
         optim=to_plain(cfg.optim),
+        instance_head=to_plain(cfg.get("instance_head")),
     )
 
 
 def build_datamodule(cfg: DictConfig, embedding_cache: EmbeddingCache | None = None):
-    """The datamodule of `cfg.data`, resizing images with the model family's filter."""
+    """The datamodule of `cfg.data`, resizing images with the model family's filter; its
+    samples carry the instance head's targets when the config enables the head."""
     check_group(cfg.prompts, "prompts")
     check_group(cfg.data, "data")
+    head = cfg.get("instance_head") or {}
     return instantiate(
         cfg.data,
         prompts=instantiate(cfg.prompts),
         embedding_cache=embedding_cache,
         resize_interpolation=get_hyper_params(cfg.model.variant).resize_interpolation,
+        instance_targets=bool(head.get("enabled", False)),
         _convert_="all",
     )
 

@@ -1,9 +1,10 @@
 """`python -m samft eval mode=instance ...`: the segment-everything half of `eval`.
 
 Reads `instance.*` of conf/eval.yaml, scores each checkpoint with
-`samft.evaluate.automatic.evaluate_automatic`, prints the table, writes the JSON report and,
-with `instance.write_thresholds_to`, stores each checkpoint's chosen thresholds in its
-export's sidecar (where `samft segment` finds them).
+`samft.evaluate.automatic.evaluate_automatic` (the point grid) and/or
+`samft.evaluate.head.evaluate_head` (its instance head; `instance.generator`), prints the
+table, writes the JSON report and, with `instance.write_thresholds_to`, stores each
+checkpoint's chosen thresholds in its export's sidecar (where `samft segment` finds them).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from samft.commands.schema import AUTOMATIC_MASK_SETTINGS, check_settings
-from samft.evaluate.automatic import evaluate_automatic
+from samft.commands.schema import AUTOMATIC_MASK_SETTINGS, HEAD_SETTINGS, check_settings
+from samft.evaluate.automatic import InstanceResult, evaluate_automatic
+from samft.evaluate.head import HEAD_THRESHOLDS, evaluate_head
 from samft.evaluate.instance_report import (
     build_instance_report,
     format_instance_table,
@@ -25,12 +27,32 @@ from samft.evaluate.instance_report import (
 )
 from samft.evaluate.threshold_search import search_cells
 from samft.io.files import prepare_output_dir, sha256_file, write_json_atomic
+from samft.weights.instance_head import SIDECAR_KEY as HEAD_KEY
+from samft.weights.instance_head import check_head_thresholds, read_instance_head
 from samft.weights.known import resolve_checkpoint
 from samft.weights.thresholds import read_sidecar, write_sidecar_thresholds
 
 log = logging.getLogger(__name__)
 
 WRITE_KEY = "instance.write_thresholds_to"
+GENERATORS = ("auto", "grid", "head", "both")
+
+
+def generators_for(choice: str, checkpoints: Sequence[str]) -> list[tuple[str, str]]:
+    """(checkpoint, "grid" or "head") to score: `auto` is the head where a checkpoint has
+    one, else the grid; `both` (one checkpoint) scores the grid, then the head."""
+    if choice not in GENERATORS:
+        raise ValueError(f"instance.generator={choice!r}; expected one of {list(GENERATORS)}")
+    if choice == "both" and len(checkpoints) != 1:
+        raise ValueError("instance.generator=both compares the grid and the head of ONE checkpoint")
+    jobs = []
+    for path in checkpoints:
+        if choice == "auto":
+            has_head = read_instance_head(resolve_checkpoint(path)) is not None
+            jobs.append((path, "head" if has_head else "grid"))
+        else:
+            jobs += [(path, kind) for kind in (("grid", "head") if choice == "both" else (choice,))]
+    return jobs
 
 
 def device_of(trainer: Mapping[str, Any] | None) -> str:
@@ -90,6 +112,44 @@ def sidecar_targets(value: Any, checkpoints: Sequence[str]) -> list[Path | None]
     return paths
 
 
+def _score_head(cfg: DictConfig, path: str, spec: dict) -> InstanceResult:
+    opts = cfg.instance
+    values = {key: grid_values(opts.get(key), opts.get(f"{key}s"), key) for key in HEAD_THRESHOLDS}
+    return evaluate_head(
+        path,
+        spec,
+        foreground_threshs=values["foreground_thresh"],
+        center_threshs=values["center_thresh"],
+        boundary_threshs=values["boundary_thresh"],
+        min_size=int(opts.get("min_size") or 0),
+        criterion=opts.criterion,
+        max_images=cfg.max_images,
+        variant=cfg.variant,
+        device=device_of(cfg.trainer),
+        name=f"data.{cfg.split}",
+    )
+
+
+def _write_head_thresholds(
+    target: Path, result: InstanceResult, cfg: DictConfig, source: str
+) -> None:
+    """Store the head's chosen watershed thresholds in the sidecar's `instance_head`."""
+    metrics = result.summary.metrics
+    data = read_sidecar(target, f"{WRITE_KEY}={target}")
+    if HEAD_KEY not in data:
+        raise ValueError(f"{WRITE_KEY}={target}: this export has no instance head entry")
+    chosen = {key: metrics[key] for key in (*HEAD_THRESHOLDS, "min_size")}
+    data[HEAD_KEY]["thresholds"] = {
+        **check_head_thresholds(chosen, f"{HEAD_KEY}.thresholds"),
+        "criterion": cfg.instance.criterion,
+        cfg.instance.criterion: result.search.best[cfg.instance.criterion],
+        "chosen_on": f"split {cfg.split}, {source}",
+        "chosen_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(target, data)
+    log.info("instance-head thresholds of %s written to %s", result.summary.path, target)
+
+
 def evaluate_instances(
     cfg: DictConfig, checkpoints: Sequence[str], spec: dict, source: str
 ) -> dict[str, Any]:
@@ -100,6 +160,8 @@ def evaluate_instances(
     stabilities = grid_values(
         opts.stability_score_thresh, opts.stability_score_threshs, "stability_score_thresh"
     )
+    check_settings(opts, HEAD_SETTINGS, "instance.")
+    jobs = generators_for(opts.get("generator", "auto"), checkpoints)
     targets = sidecar_targets(opts.write_thresholds_to, checkpoints)
     settings = {
         "mode": "instance",
@@ -111,7 +173,9 @@ def evaluate_instances(
         "max_images": cfg.max_images,
     }
     results = [
-        evaluate_automatic(
+        _score_head(cfg, path, spec)
+        if kind == "head"
+        else evaluate_automatic(
             path,
             spec,
             points_per_side=opts.points_per_side,
@@ -129,15 +193,19 @@ def evaluate_instances(
             device=device_of(cfg.trainer),
             name=f"data.{cfg.split}",
         )
-        for path in checkpoints
+        for path, kind in jobs
     ]
     report = build_instance_report(results, settings)
     table = format_instance_table(results)
     print(table, instance_notes(settings, source), sep="\n", flush=True)
     write_json_atomic(Path(cfg.output), report)
     log.info("report written to %s", cfg.output)
-    for target, result in zip(targets, results, strict=True):
-        if target is not None:
+    target_of = dict(zip(checkpoints, targets, strict=True))
+    for (path, kind), result in zip(jobs, results, strict=True):
+        target = target_of[path]
+        if target is not None and kind == "head":
+            _write_head_thresholds(target, result, cfg, source)
+        elif target is not None:
             metrics = result.summary.metrics
             write_sidecar_thresholds(
                 target,

@@ -44,6 +44,15 @@ AUTOMATIC_MASK_SETTINGS: dict[str, tuple[Any, Bounds]] = {
     "min_object_size": (int, NON_NEGATIVE),
 }
 
+# The instance head's watershed thresholds (`segment` and `eval instance.*`): None defers to
+# the checkpoint's sidecar, else the defaults.
+HEAD_SETTINGS: dict[str, tuple[Any, Bounds]] = {
+    "foreground_thresh": (float | None, FRACTION),
+    "center_thresh": (float | None, FRACTION),
+    "boundary_thresh": (float | None, FRACTION),
+    "min_size": (int | None, NON_NEGATIVE),
+}
+
 # Lightning Trainer arguments whose range the type alone does not fix.
 TRAINER_BOUNDS: dict[str, Bounds] = {
     "max_steps": Bounds(-1),

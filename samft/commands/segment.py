@@ -1,7 +1,8 @@
 """`python -m samft segment checkpoint=PATH input=IMAGE_OR_FOLDER output=DIR [key=value ...]`.
 
 Segment everything: for every image, an instance-id PNG, the masks with their scores (COCO
-RLE, JSON) and an overlay, from a grid of point prompts. The work is
+RLE, JSON) and an overlay, from a trained instance head (`mode=head`, the default where the
+checkpoint has one) or a grid of point prompts (`mode=grid`). The work is
 `samft.infer.segment.segment`; this file only reads the config.
 """
 
@@ -11,7 +12,12 @@ import hydra
 from omegaconf import DictConfig
 
 from samft.commands.accelerator import check_device
-from samft.commands.schema import AUTOMATIC_MASK_SETTINGS, check_required, check_settings
+from samft.commands.schema import (
+    AUTOMATIC_MASK_SETTINGS,
+    HEAD_SETTINGS,
+    check_required,
+    check_settings,
+)
 from samft.data.images import allow_image_pixels
 from samft.infer.segment import segment
 
@@ -27,6 +33,7 @@ def main(cfg: DictConfig) -> None:
     allow_image_pixels(cfg.max_image_pixels)
     check_required(cfg, REQUIRED, "segment")
     check_settings(cfg, AUTOMATIC_MASK_SETTINGS, "")
+    check_settings(cfg, HEAD_SETTINGS, "")
     check_device(cfg.device)
     segment(
         checkpoint=cfg.checkpoint,
@@ -47,4 +54,6 @@ def main(cfg: DictConfig) -> None:
         image_size=cfg.image_size,
         device=cfg.device,
         overlay=cfg.overlay,
+        mode=cfg.mode,
+        head_thresholds={key: cfg[key] for key in HEAD_SETTINGS},
     )

@@ -46,6 +46,10 @@ class SamBatch:
                          SAM 2's three levels, a tuple of B x C x S/16 x S/16,
                          B x C/8 x S/4 x S/4 and B x C/4 x S/8 x S/8
     automatic:           the automatic-mode training points, or None
+    instance_labels:     B x S x S int32 id map of every instance (0 background and
+                         padding), input frame, or None (`SamDataset(instance_targets=True)`)
+    instance_targets:    B x 3 x S x S float32 instance-head targets (`INSTANCE_MAPS`,
+                         0 on the padding), or None
     """
 
     images: list[Tensor]
@@ -58,6 +62,8 @@ class SamBatch:
     object_areas: Tensor
     embeddings: Tensor | tuple[Tensor, ...] | None = None
     automatic: AutomaticPoints | None = None
+    instance_labels: Tensor | None = None
+    instance_targets: Tensor | None = None
 
     def __len__(self) -> int:
         """B, the number of images."""

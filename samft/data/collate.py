@@ -43,6 +43,7 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> SamBatch:
         )
 
     automatic = collate_automatic(samples, size)
+    instance_labels, instance_targets = collate_instances(samples, size)
     embeddings = None
     if all("embedding" in s for s in samples):
         embeddings = stack_embeddings([s["embedding"] for s in samples])
@@ -59,6 +60,8 @@ def collate_samples(samples: Sequence[dict[str, Any]]) -> SamBatch:
         object_areas=cat("object_areas", torch.float32),
         embeddings=embeddings,
         automatic=automatic,
+        instance_labels=instance_labels,
+        instance_targets=instance_targets,
     )
 
 
@@ -70,6 +73,23 @@ def stack_embeddings(
     if isinstance(embeddings[0], torch.Tensor):
         return torch.stack(list(embeddings))
     return tuple(torch.stack(list(level)) for level in zip(*embeddings, strict=True))
+
+
+def collate_instances(
+    samples: Sequence[dict[str, Any]], size: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The samples' instance id maps (B x S x S int32) and instance-head targets
+    (B x 3 x S x S float32), zero-padded bottom/right to `size`; (None, None) when the
+    samples carry none."""
+    if not all("instance_targets" in s for s in samples):
+        return None, None
+    labels = torch.zeros((len(samples), size, size), dtype=torch.int32)
+    targets = torch.zeros((len(samples), 3, size, size), dtype=torch.float32)
+    for index, sample in enumerate(samples):
+        h, w = sample["instance_labels"].shape
+        labels[index, :h, :w] = sample["instance_labels"]
+        targets[index, :, :h, :w] = sample["instance_targets"]
+    return labels, targets
 
 
 def collate_automatic(samples: Sequence[dict[str, Any]], size: int) -> AutomaticPoints | None:

@@ -80,6 +80,9 @@ class SamDataModule(L.LightningDataModule):
             checked against the cache when built: a missing or changed image is an error.
         automatic_points_per_image: points drawn anywhere on each training image for
             training the automatic mode, answered by all the image's instances (0: none).
+        instance_targets: every split's samples carry their instance id map and the
+            instance head's targets (`samft.data.dataset`); set by `samft train` when the
+            module has an instance head.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class SamDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         embedding_cache: EmbeddingCache | None = None,
         automatic_points_per_image: int = 0,
+        instance_targets: bool = False,
     ) -> None:
         super().__init__()
         _check_at_least("data.batch_size", batch_size, 1)
@@ -141,6 +145,7 @@ class SamDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.embedding_cache = embedding_cache
         self.automatic_points_per_image = int(automatic_points_per_image)
+        self.instance_targets = bool(instance_targets)
         self.datasets: dict[str, SamDataset] = {}
         if embedding_cache is not None:
             reason = flip_probabilities(self.augment)[1]
@@ -171,6 +176,7 @@ class SamDataModule(L.LightningDataModule):
             seed=self.seed,
             deterministic=not train,
             automatic_points=self.automatic_points_per_image if train else 0,
+            instance_targets=self.instance_targets,
         )
         if len(dataset) == 0:
             raise DataError(

@@ -16,6 +16,12 @@ here, and each sample carries the embedding of exactly the orientation it shows.
 Automatic-mode points (`automatic_points > 0`): each sample also carries that many points
 drawn uniformly over the image and the masks of all its instances (`samft.data.automatic`);
 they are drawn after the prompts, so the prompts stay those of a dataset without them.
+
+Instance-head targets (`instance_targets=True`): each sample also carries the id map of all
+its instances (`instance_labels`, `h x w` int32, painted smaller over larger) and the head's
+three target maps computed from it (`instance_targets`, `3 x h x w` float32,
+`samft.data.instance_targets`), both in the input frame after augmentation and resize, so
+they always match the pixels (and the cached embedding's orientation) the model sees.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from torch.utils.data import Dataset
 from samft.data.augment import apply_augment
 from samft.data.automatic import instance_indices, sample_image_points
 from samft.data.errors import DataError
+from samft.data.instance_targets import instance_targets, paint_instances
 from samft.data.objects import SKIP_IMAGE, choose_objects, large_enough, usable_objects
 from samft.data.prompts import PromptSampler, stable_seed
 from samft.data.readers.base import ImageRecord, Reader
@@ -83,6 +90,8 @@ class SamDataset(Dataset):
         max_augment_tries: augmentations tried before falling back to the plain image
             when every chosen object vanished.
         automatic_points: points per sample for training the automatic mode (0: none).
+        instance_targets: give each sample its instance id map and the instance head's
+            targets (see the module doc).
     """
 
     def __init__(
@@ -99,6 +108,7 @@ class SamDataset(Dataset):
         deterministic: bool = False,
         max_augment_tries: int = 3,
         automatic_points: int = 0,
+        instance_targets: bool = False,
     ) -> None:
         if image_size <= 0 or image_size % 16:
             raise DataError(f"image_size = {image_size}; expected a positive multiple of 16")
@@ -120,6 +130,7 @@ class SamDataset(Dataset):
         self.deterministic = deterministic
         self.max_augment_tries = max(int(max_augment_tries), 1)
         self.automatic_points = int(automatic_points)
+        self.instance_targets = bool(instance_targets)
         self.skipped: Counter[str] = Counter()
         self.runtime: Counter[str] = Counter()
         self.embeddings: EmbeddingSource | None = None
@@ -179,7 +190,7 @@ class SamDataset(Dataset):
         rng = self.rng(index)
         chosen = choose_objects(usable, self.max_objects, rng)
         automatic = self.automatic_points > 0
-        instances = instance_indices(record) if automatic else []
+        instances = instance_indices(record) if automatic or self.instance_targets else []
         loaded_ids = sorted(set(chosen) | set(instances))
         loaded = self.reader.load(record, loaded_ids)
         prompted = np.isin(loaded_ids, chosen)
@@ -233,6 +244,10 @@ class SamDataset(Dataset):
             points = sample_image_points(h, w, self.automatic_points, rng)
             sample["automatic_points"] = torch.from_numpy(points)
             sample["instance_masks"] = torch.from_numpy(instance_masks)
+        if self.instance_targets:
+            labels = paint_instances(instance_masks)
+            sample["instance_labels"] = torch.from_numpy(labels)
+            sample["instance_targets"] = torch.from_numpy(instance_targets(labels))
         if self.embeddings is not None:
             sample["embedding"] = self.embeddings.get(record.path, orientation)
         return sample

@@ -15,6 +15,8 @@ and the best cell's masks are scored against every annotated object of the image
   ground-truth object|: how well the IoU head, which the thresholds filter on, ranks masks.
 - `n_masks`: the generator's masks kept at the chosen thresholds (before painting).
 - `pred_iou_thresh`, `stability_score_thresh`: the chosen cell.
+- `seconds_per_image`: the generator's proposals (encoder, grid decoding, NMS) of one
+  image, mean wall time (the search's filtering is not counted).
 
 The ground truth is every object the dataset's reader gives for an image (no area filter:
 small objects count), except COCO crowd regions (`iscrowd: 1`), which are ignored as COCO's
@@ -25,6 +27,7 @@ until the search ends.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,13 +138,15 @@ def evaluate_automatic(
         len(records), summary.path, summary.variant, summary.image_size,
         points_per_side, points_per_side, len(cells),
     )  # fmt: skip
-    proposals, truths, crowds, per_image = [], [], [], []
+    proposals, truths, crowds, per_image, seconds = [], [], [], [], []
     for index, record in enumerate(records, 1):
         loaded = reader.load(record, range(len(record.objects)))
         is_crowd = np.array([obj.iscrowd for obj in record.objects], dtype=bool)
         truth = ground_truth_labels(loaded.masks[~is_crowd])
         crowd = loaded.masks[is_crowd].any(axis=0) if is_crowd.any() else None
+        start = time.perf_counter()
         candidates = generator.propose(loaded.image)
+        seconds.append(time.perf_counter() - start)
         per_image.append(
             cell_scores(
                 generator,
@@ -186,5 +191,6 @@ def evaluate_automatic(
     metrics["iou_head_mae"] = float(np.mean(errors)) if errors else float("nan")
     metrics["n_masks"] = sum(len(masks) for masks in kept)
     metrics["pred_iou_thresh"], metrics["stability_score_thresh"] = chosen
+    metrics["seconds_per_image"] = float(np.mean(seconds))
     summary.metrics = metrics
     return InstanceResult(summary=summary, search=search, images=images)

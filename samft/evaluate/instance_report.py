@@ -29,15 +29,20 @@ TABLE_ORDER = (
     "pred_iou_thresh",
     "stability_score_thresh",
     "iou_head_mae",
+    "foreground_thresh",
+    "center_thresh",
+    "boundary_thresh",
+    "seconds_per_image",
 )
 COUNTS = ("n_pred", "n_gt", "n_masks", "n_images")
 THRESHOLDS = ("pred_iou_thresh", "stability_score_thresh")
+HEAD_THRESHOLDS = ("foreground_thresh", "center_thresh", "boundary_thresh")
 
 
 def _fmt(name: str, value: float | None, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    digits = 0 if name in COUNTS else 3 if name in THRESHOLDS else 4
+    digits = 0 if name in COUNTS else 3 if name in (*THRESHOLDS, *HEAD_THRESHOLDS) else 4
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
@@ -102,7 +107,11 @@ def build_instance_report(
                 "variant": r.summary.variant,
                 "image_size": r.summary.image_size,
                 "metrics": r.summary.metrics,
-                "chosen_thresholds": {key: r.summary.metrics[key] for key in THRESHOLDS},
+                "chosen_thresholds": {
+                    key: r.summary.metrics[key]
+                    for key in (*THRESHOLDS, *HEAD_THRESHOLDS)
+                    if r.summary.metrics.get(key) is not None
+                },
                 "grid_search": {"criterion": r.search.criterion, "rows": r.search.rows},
                 "images": r.images,
             }
@@ -111,5 +120,8 @@ def build_instance_report(
     }
     if len(results) == 2:
         a, b = (r.summary.metrics for r in results)
-        report["difference_b_minus_a"] = differences(a, b)
+        report["difference_b_minus_a"] = differences(
+            {k: v for k, v in a.items() if v is not None},
+            {k: v for k, v in b.items() if v is not None},
+        )
     return report

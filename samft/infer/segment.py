@@ -1,5 +1,7 @@
-"""Segment everything over files: every image of a folder through `AutomaticMaskGenerator`,
-written as an instance-id map, the masks with their scores, and an overlay.
+"""Segment everything over files: every image of a folder through `AutomaticMaskGenerator`
+(`mode=grid`) or a trained instance head (`mode=head`, `samft.infer.head_segment`),
+written as an instance-id map, the masks with their scores, and an overlay. `mode=auto`
+(the default) uses the head when the checkpoint holds one, else the grid.
 
 For every image under `input` it writes
 
@@ -14,7 +16,11 @@ For every image under `input` it writes
     DIR/segments.json         the checkpoint, the settings, the thresholds and where they came
                               from, and per image its counts and files
 
-where <image> is the image's path under `input` without its extension. Thresholds left null
+where <image> is the image's path under `input` without its extension; a head's records
+carry `score` (mean foreground probability) instead of predicted_iou and stability_score,
+and its thresholds (foreground_thresh, center_thresh, boundary_thresh, min_size) come
+from the argument, else the sidecar's `instance_head.thresholds`, else 0.5 / 0.5 / 0.5 / 0.
+For the grid, thresholds left null
 come from the checkpoint's export sidecar (`automatic_thresholds`, written by `samft eval
 mode=instance`), else are Meta's defaults (0.88 / 0.95; `covered_thresh` 1: no suppression).
 """
@@ -33,6 +39,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from samft.data.errors import DataError
 from samft.data.images import input_image_size, read_rgb
 from samft.infer.automatic import CROP_OVERLAP_RATIO, AutomaticMaskGenerator
+from samft.infer.head_segment import HeadInstanceSegmenter
 from samft.infer.instance_overlay import draw_instances
 from samft.infer.predict import list_images
 from samft.infer.record_masks import records_to_labels, segmentation_mask
@@ -41,6 +48,12 @@ from samft.io.files import prepare_output_dir, write_image_atomic, write_json_at
 from samft.io.progress import ProgressLines, off_terminal
 from samft.model.device import resolve_device
 from samft.weights import load_sam
+from samft.weights.instance_head import (
+    DEFAULT_THRESHOLDS,
+    check_head_thresholds,
+    head_thresholds,
+    load_instance_head,
+)
 from samft.weights.known import resolve_checkpoint
 from samft.weights.thresholds import (
     META_DEFAULTS,
@@ -53,6 +66,7 @@ from samft.weights.thresholds import (
 log = logging.getLogger(__name__)
 
 MAX_LABEL = np.iinfo(np.uint16).max  # labels.png is 16-bit
+MODES = ("auto", "head", "grid")
 SETTING_KEYS = (*THRESHOLD_KEYS, *OPTIONAL_KEYS)  # what resolve_thresholds resolves
 
 
@@ -138,18 +152,34 @@ def segment(
     image_size: int | None = None,
     device: str = "auto",
     overlay: bool = True,
+    mode: str = "auto",
+    head_thresholds: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Instance masks for every image of `input` (see the module docstring for the files).
 
     The images, the thresholds and the output folder are checked before the model loads.
+    `head_thresholds`: the watershed's, each None (or absent) for the sidecar's / default.
     Returns the content of `segments.json`.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}; expected one of {list(MODES)}")
     images = image_jobs(input)
+    out_dir = prepare_output_dir(output, f"output={output}")
+    checkpoint_path = resolve_checkpoint(checkpoint)
+    head = load_instance_head(checkpoint_path) if mode != "grid" else None
+    if mode == "head" and head is None:
+        raise ValueError(
+            f"mode=head: checkpoint={checkpoint} holds no instance head (train one with "
+            "+experiment=litemedsam_instance, or use mode=grid)"
+        )
+    if head is not None:
+        return _segment_with_head(
+            checkpoint, checkpoint_path, head, images, out_dir, head_thresholds or {},
+            variant, image_size, device, overlay,
+        )  # fmt: skip
     thresholds, sources = resolve_thresholds(
         checkpoint, pred_iou_thresh, stability_score_thresh, covered_thresh
     )
-    out_dir = prepare_output_dir(output, f"output={output}")
-    checkpoint_path = resolve_checkpoint(checkpoint)
     log.info(
         "thresholds: %s",
         ", ".join(f"{key}={thresholds[key]} ({sources[key]})" for key in SETTING_KEYS),
@@ -171,6 +201,7 @@ def segment(
     generator = AutomaticMaskGenerator(sam, output_mode="coco_rle", **settings)
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint),
+        "mode": "grid",
         "image_size": sam.image_size,
         "settings": settings,
         "thresholds_source": sources,
@@ -189,15 +220,69 @@ def segment(
     return report
 
 
-def _thresholds_text(generator: AutomaticMaskGenerator) -> list[str]:
-    return [
-        f"pred_iou_thresh={generator.pred_iou_thresh:g}",
-        f"stability_score_thresh={generator.stability_score_thresh:g}",
-    ]
+def _thresholds_text(generator: Any) -> list[str]:
+    """The thresholds that decided which masks were kept: the grid's or the head's."""
+    thresholds = getattr(generator, "thresholds", None)
+    if thresholds is None:
+        thresholds = {
+            "pred_iou_thresh": generator.pred_iou_thresh,
+            "stability_score_thresh": generator.stability_score_thresh,
+        }
+    return [f"{key}={float(value):g}" for key, value in thresholds.items()]
+
+
+def _segment_with_head(
+    checkpoint: str | Path,
+    checkpoint_path: Path,
+    head: Any,
+    images: list[tuple[Path, str]],
+    out_dir: Path,
+    given: dict[str, Any],
+    variant: str | None,
+    image_size: int | None,
+    device: str,
+    overlay: bool,
+) -> dict[str, Any]:
+    """`segment` with the checkpoint's instance head (see the module docstring)."""
+    stored = head_thresholds(checkpoint_path)  # the sidecar's, else the defaults
+    values, sources = {}, {}
+    for key in DEFAULT_THRESHOLDS:
+        if given.get(key) is not None:
+            values[key], sources[key] = given[key], "given"
+        else:
+            values[key], sources[key] = stored[key], "checkpoint's sidecar or default"
+    values = check_head_thresholds(values, "head thresholds")
+    log.info("instance head, thresholds: %s", values)
+    sam = load_sam(checkpoint_path, variant=variant, image_size=image_size)
+    sam = sam.to(resolve_device(device))
+    segmenter = HeadInstanceSegmenter(sam, head, output_mode="coco_rle", **values)
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "mode": "head",
+        "image_size": sam.image_size,
+        "settings": values,
+        "thresholds_source": sources,
+        "images": [],
+    }
+    progress = ProgressLines("segment", len(images)) if off_terminal() else None
+    with logging_redirect_tqdm():
+        for done, (path, key) in enumerate(
+            tqdm(images, desc="segment", unit="image", disable=None), 1
+        ):
+            report["images"].append(_segment_one(segmenter, path, key, out_dir, overlay))
+            if progress is not None:
+                progress.update(done)
+    write_json_atomic(out_dir / "segments.json", report)
+    log.info("%d image(s) segmented into %s", len(images), out_dir)
+    return report
 
 
 def _segment_one(
-    generator: AutomaticMaskGenerator, path: Path, key: str, out_dir: Path, overlay: bool
+    generator: AutomaticMaskGenerator | HeadInstanceSegmenter,
+    path: Path,
+    key: str,
+    out_dir: Path,
+    overlay: bool,
 ) -> dict[str, Any]:
     """Run one image and write its three files; returns its `segments.json` entry."""
     image = read_rgb(path)

@@ -69,8 +69,13 @@ def encode_images(sam: TrainableSam, images: list[Tensor]) -> Any:
     Normalisation and padding happen in the model's `preprocess`, exactly as at inference.
     Runs with autograd as the caller has it: wrap in `torch.no_grad()` for a frozen encoder.
     """
-    x = torch.cat([sam.preprocess(img[None].float()) for img in images])
-    return sam.encode(x)
+    return sam.encode(preprocess_images(sam, images))
+
+
+def preprocess_images(sam: TrainableSam, images: list[Tensor]) -> Tensor:
+    """B images (uint8 3 x h_i x w_i, input frame) -> B x 3 x S x S, as the encoder sees
+    them (the model's `preprocess`: normalised, and padded for SAM)."""
+    return torch.cat([sam.preprocess(img[None].float()) for img in images])
 
 
 def dense_embeddings(sam: TrainableSam, mask_inputs: Tensor, has_mask_input: Tensor) -> Tensor:

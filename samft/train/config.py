@@ -124,7 +124,10 @@ class LossConfig:
     `iou_loss` is `mse` (the SAM paper) or `l1` (SAM 2); `object_score_weight` weighs the
     BCE on SAM 2's object-score logit (0: not trained; SAM has none). The defaults are SAM's
     recipe; `loss=sam2` is Meta's SAM 2 one (focal 20, dice 1, IoU L1 1, object score 1).
-    """
+    `prompted_weight` scales the prompted loss (0: no prompt is decoded in training, e.g. to
+    train the instance head alone); `instance_weight` is the instance head's loss
+    (`samft.train.instance_loss`) beside it, and `instance_bce_weight` its foreground
+    cross-entropy beside the dice, when the module has a head."""
 
     focal_weight: float = 20.0
     dice_weight: float = 1.0
@@ -135,6 +138,9 @@ class LossConfig:
     iou_loss: str = "mse"
     object_score_weight: float = 0.0
     automatic_weight: float = 1.0
+    prompted_weight: float = 1.0
+    instance_weight: float = 1.0
+    instance_bce_weight: float = 1.0
 
     BOUNDS: ClassVar[dict[str, Bounds]] = {
         "focal_weight": NON_NEGATIVE,
@@ -144,7 +150,17 @@ class LossConfig:
         "gamma": NON_NEGATIVE,
         "object_score_weight": NON_NEGATIVE,
         "automatic_weight": NON_NEGATIVE,
+        "prompted_weight": NON_NEGATIVE,
+        "instance_weight": NON_NEGATIVE,
+        "instance_bce_weight": NON_NEGATIVE,
     }
+    # the weights of the other losses, not arguments of `SamLoss`
+    OUTER_WEIGHTS: ClassVar[tuple[str, ...]] = (
+        "automatic_weight",
+        "prompted_weight",
+        "instance_weight",
+        "instance_bce_weight",
+    )
 
     def __post_init__(self) -> None:
         _one_of("loss.iou_loss", self.iou_loss, IOU_LOSSES)
@@ -152,8 +168,36 @@ class LossConfig:
     def sam_loss_arguments(self) -> dict:
         """The fields `SamLoss` takes."""
         values = dataclasses.asdict(self)
-        values.pop("automatic_weight")
+        for key in self.OUTER_WEIGHTS:
+            values.pop(key)
         return values
+
+
+@dataclass
+class InstanceHeadConfig:
+    """The instance head for prompt-free instance segmentation (`samft.model.instance_head`;
+    key `instance_head`): off unless `enabled`. `width`, `min_width` and `image_channels`
+    are `InstanceHead`'s arguments; its upsampling follows from the model (input size /
+    embedding size)."""
+
+    enabled: bool = False
+    width: int = 64
+    min_width: int = 16
+    image_channels: int = 16
+
+    BOUNDS: ClassVar[dict[str, Bounds]] = {
+        "width": AT_LEAST_ONE,
+        "min_width": AT_LEAST_ONE,
+        "image_channels": NON_NEGATIVE,
+    }
+
+    def head_arguments(self) -> dict:
+        """The fields `InstanceHead` takes."""
+        return {
+            "width": self.width,
+            "min_width": self.min_width,
+            "image_channels": self.image_channels,
+        }
 
 
 def _one_of(key: str, value: Any, allowed: tuple) -> None:

@@ -6,6 +6,13 @@ encoder and the mask decoder in one batched call (`samft.model.batched`, where e
 generation's differences sit behind the model). Optional
 correction rounds follow the SAM paper (`samft.train.rounds`): a click sampled from the
 error region of the best mask, with the previous low-res logits fed back as the mask prompt.
+
+An optional instance head (`instance_head.enabled`, `samft.model.instance_head`) reads the
+same embeddings, cached or not, and adds its loss (`loss.instance_weight`) to the prompted
+one (`loss.prompted_weight`, 0 to train the head alone); it is kept in `self.instance_head`
+(checkpoint keys `instance_head.*`), apart from the `Sam`, whose checkpoint keys and export
+it leaves as they are. Validation then also logs its loss and the mSA / SA50 of its
+instances (`seeded_watershed` at 0.5 thresholds, in the input frame).
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ import torch
 from torch import Tensor
 
 from samft.data.batch import SamBatch
+from samft.evaluate.instance import instance_scores
+from samft.infer.instance_watershed import seeded_watershed
 from samft.model import batched
+from samft.model.instance_head import InstanceHead
 from samft.model.lora import apply_lora
 from samft.model.prompts import Prompts
 from samft.model.registry import build_sam
@@ -27,16 +37,19 @@ from samft.model.sam2 import Sam2
 from samft.train.automatic_loss import automatic_point_loss
 from samft.train.config import (
     FinetuneConfig,
+    InstanceHeadConfig,
     InteractiveConfig,
     LossConfig,
     ModelConfig,
     as_config,
 )
+from samft.train.instance_loss import instance_head_loss
 from samft.train.losses import SamLoss
 from samft.train.metrics import PromptedSegmentationMetrics
 from samft.train.optim import OptimConfig, build_optimizer
 from samft.train.rounds import next_round_prompts, round_plan
 from samft.weights import load_sam
+from samft.weights.instance_head import read_instance_head
 
 
 class SamFineTuner(L.LightningModule):
@@ -53,6 +66,7 @@ class SamFineTuner(L.LightningModule):
         interactive: dict | InteractiveConfig | None = None,
         loss: dict | LossConfig | None = None,
         optim: dict | OptimConfig | None = None,
+        instance_head: dict | InstanceHeadConfig | None = None,
     ) -> None:
         super().__init__()
         self.validated_at_step: int | None = None  # the step of the last validation in fit
@@ -61,16 +75,27 @@ class SamFineTuner(L.LightningModule):
         self.interactive_config = as_config(InteractiveConfig, interactive, "interactive")
         self.loss_config = as_config(LossConfig, loss, "loss")
         self.optim_config = as_config(OptimConfig, optim, "optim")
-        self.save_hyperparameters(
-            {
-                "model": dataclasses.asdict(self.model_config),
-                "finetune": dataclasses.asdict(self.finetune_config),
-                "interactive": dataclasses.asdict(self.interactive_config),
-                "loss": dataclasses.asdict(self.loss_config),
-                "optim": dataclasses.asdict(self.optim_config),
-            }
-        )
+        self.instance_head_config = as_config(InstanceHeadConfig, instance_head, "instance_head")
+        if self.loss_config.prompted_weight == 0 and not self.instance_head_config.enabled:
+            raise ValueError(
+                "loss.prompted_weight=0 trains nothing without an instance head: set "
+                "instance_head.enabled=true, or a prompted_weight > 0"
+            )
+        hyper_parameters = {
+            "model": dataclasses.asdict(self.model_config),
+            "finetune": dataclasses.asdict(self.finetune_config),
+            "interactive": dataclasses.asdict(self.interactive_config),
+            "loss": dataclasses.asdict(self.loss_config),
+            "optim": dataclasses.asdict(self.optim_config),
+        }
+        if self.instance_head_config.enabled:  # runs without a head keep their old record
+            hyper_parameters["instance_head"] = dataclasses.asdict(self.instance_head_config)
+        self.save_hyperparameters(hyper_parameters)
         self.model: Sam | Sam2 = self._build_model().train()
+        self.instance_head: InstanceHead | None = None
+        if self.instance_head_config.enabled:
+            self.instance_head = self._build_instance_head().train()
+        self._instance_scores: list[dict[str, float]] = []
         self._set_trainable()
         self.loss_fn = SamLoss(**self.loss_config.sam_loss_arguments())
         self.val_metrics = PromptedSegmentationMetrics(
@@ -100,6 +125,21 @@ class SamFineTuner(L.LightningModule):
             sam.image_encoder.compile(backend=backend)
             sam.mask_decoder.compile(backend=backend)
         return sam
+
+    def _build_instance_head(self) -> InstanceHead:
+        """The head for this model's embedding (C x h' x w') and input size S, with the
+        weights of `model.checkpoint` when that file holds a head."""
+        embed_h, _ = self.model.prompt_encoder.image_embedding_size
+        head = InstanceHead(
+            embed_dim=self.model.prompt_encoder.embed_dim,
+            upsample_factor=self.model.image_size // embed_h,
+            **self.instance_head_config.head_arguments(),
+        )
+        checkpoint = self.model_config.checkpoint
+        stored = read_instance_head(checkpoint) if checkpoint else None
+        if stored is not None:
+            head.load_state_dict(stored[0])
+        return head
 
     def _set_trainable(self) -> None:
         ft = self.finetune_config
@@ -133,6 +173,16 @@ class SamFineTuner(L.LightningModule):
         if batch.embeddings is not None:
             return self.model.from_cached(batch.embeddings)
         return self.encode_images(batch.images)
+
+    def instance_logits(self, embeddings: Tensor, batch: SamBatch) -> Tensor:
+        """B x 3 x S x S: the instance head's logits for the batch's images."""
+        assert self.instance_head is not None
+        images = batched.preprocess_images(self.model, batch.images)
+        return self.instance_head(embeddings, images)
+
+    def image_valid_region(self, batch: SamBatch) -> Tensor:
+        """B x S x S, True inside each image (False on the padding)."""
+        return batched.inside_image(batch.input_sizes, self.model.image_size)
 
     def valid_region(self, batch: SamBatch) -> Tensor:
         """P x S x S, True inside each object's image (False on the padding)."""
@@ -174,8 +224,36 @@ class SamFineTuner(L.LightningModule):
         return out.predicted_best()
 
     def training_step(self, batch: SamBatch, batch_idx: int) -> Tensor:
-        cfg = self.interactive_config
         embeddings = self.batch_embeddings(batch)
+        totals: dict[str, Tensor] = {}
+        if self.loss_config.prompted_weight > 0:
+            totals = self.prompted_losses(embeddings, batch, batch_idx)
+            totals["total"] = self.loss_config.prompted_weight * totals["total"]
+        total = totals.get("total", embeddings.new_zeros(()))
+        automatic = batch.automatic
+        if automatic is not None and self.loss_config.automatic_weight > 0:
+            num_points = self.num_objects_per_rank(automatic.points.shape[0])
+            auto = automatic_point_loss(
+                self.model, self.loss_fn, embeddings, automatic, batch.input_sizes, num_points
+            )
+            total = total + self.loss_config.automatic_weight * auto.total
+            totals["automatic"] = auto.total
+        if self.instance_head is not None and self.loss_config.instance_weight > 0:
+            head = self.instance_loss(embeddings, batch)
+            total = total + self.loss_config.instance_weight * head.total
+            totals["instance"] = head.total
+        totals["total"] = total
+
+        for key, value in totals.items():
+            name = "train/loss" if key == "total" else f"train/loss_{key}"
+            self.log(name, value, prog_bar=key == "total", batch_size=len(batch))
+        return totals["total"]
+
+    def prompted_losses(
+        self, embeddings: Tensor, batch: SamBatch, batch_idx: int
+    ) -> dict[str, Tensor]:
+        """The prompted loss of the step's trained rounds: `total`, `focal`, `dice`, `iou`."""
+        cfg = self.interactive_config
         gt = batch.gt_masks
         valid = self.valid_region(batch)
         num_objects = self.num_objects_per_rank(gt.shape[0])
@@ -207,26 +285,50 @@ class SamFineTuner(L.LightningModule):
                 pred = logits[rows, best].detach() > self.model.mask_threshold
             feedback = batched.feedback_logits(self.model, out.low_res[rows, best].detach())
             prompts = next_round_prompts(prompts, feedback, pred, gt, valid, cfg.click_mode)
-        automatic = batch.automatic
-        if automatic is not None and self.loss_config.automatic_weight > 0:
-            num_points = self.num_objects_per_rank(automatic.points.shape[0])
-            auto = automatic_point_loss(
-                self.model, self.loss_fn, embeddings, automatic, batch.input_sizes, num_points
-            )
-            totals["total"] = totals["total"] + self.loss_config.automatic_weight * auto.total
-            totals["automatic"] = auto.total
+        return totals
 
-        for key, value in totals.items():
-            name = "train/loss" if key == "total" else f"train/loss_{key}"
-            self.log(name, value, prog_bar=key == "total", batch_size=len(batch))
-        return totals["total"]
+    def instance_loss(self, embeddings: Tensor, batch: SamBatch, logits: Tensor | None = None):
+        """The instance head's loss on the batch (`InstanceLoss`), averaged over images."""
+        if batch.instance_targets is None:
+            raise ValueError(
+                "the module has an instance head but the batch carries no instance targets: "
+                "build the data module with instance_targets=True"
+            )
+        if logits is None:
+            logits = self.instance_logits(embeddings, batch)
+        return instance_head_loss(
+            logits,
+            batch.instance_targets,
+            self.image_valid_region(batch),
+            self.num_objects_per_rank(len(batch)),
+            bce_weight=self.loss_config.instance_bce_weight,
+        )
 
     # -------------------------------------------------------------- validation
     def validation_step(self, batch: SamBatch, batch_idx: int) -> dict[str, Tensor]:
+        self._evaluate_instances(batch, "val")
         return self._evaluate_batch(batch, self.val_metrics, "val")
 
     def test_step(self, batch: SamBatch, batch_idx: int) -> dict[str, Tensor]:
+        self._evaluate_instances(batch, "test")
         return self._evaluate_batch(batch, self.val_metrics, "test")
+
+    @torch.no_grad()
+    def _evaluate_instances(self, batch: SamBatch, stage: str) -> None:
+        """The instance head's loss on the batch, and each image's instances scored against
+        its id map (kept for the epoch's mean); nothing without a head."""
+        if self.instance_head is None or batch.instance_labels is None:
+            return
+        embeddings = self.batch_embeddings(batch)
+        logits = self.instance_logits(embeddings, batch)
+        loss = self.instance_loss(embeddings, batch, logits)
+        self.log(f"{stage}/instance_loss", loss.total, batch_size=len(batch), sync_dist=True)
+        maps = logits.sigmoid().float().cpu().numpy()
+        labels = batch.instance_labels.cpu().numpy()
+        for index, (h, w) in enumerate(batch.input_sizes.tolist()):
+            found = seeded_watershed(*maps[index, :, :h, :w])
+            scores = instance_scores(found, labels[index, :h, :w])
+            self._instance_scores.append({"msa": scores["mSA"], "sa50": scores["SA50"]})
 
     @torch.no_grad()
     def _evaluate_batch(
@@ -293,13 +395,19 @@ class SamFineTuner(L.LightningModule):
         values = metrics.compute()
         self.log_dict({f"{stage}/{k}": v.float() for k, v in values.items()})
         metrics.reset()
+        if self._instance_scores:
+            for key in ("msa", "sa50"):
+                mean = sum(s[key] for s in self._instance_scores) / len(self._instance_scores)
+                self.log(f"{stage}/instance_{key}", float(mean), sync_dist=True)
+            self._instance_scores = []
 
     # ------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         total = int(self.trainer.estimated_stepping_batches) if self.trainer else 0
-        optimizer, scheduler = build_optimizer(
-            list(self.model.named_parameters()), self.optim_config, total
-        )
+        named = list(self.model.named_parameters())
+        if self.instance_head is not None:  # in the decoder's groups (its learning rate)
+            named += [(f"instance_head.{n}", p) for n, p in self.instance_head.named_parameters()]
+        optimizer, scheduler = build_optimizer(named, self.optim_config, total)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -7,6 +7,11 @@ into the base weights (`samft.weights.read_state_dict` does both), and writes it
 strictly in `segment_anything.sam_model_registry[variant]` (for vit_b/l/h at 1024 px) or
 in `samft.weights.load_sam`.
 
+A checkpoint trained with an instance head (`instance_head.*` keys) also gets
+`<stem>.instance_head.safetensors` beside the SAM files, which stay as they are; the sidecar
+lists it under `files` and describes it under `instance_head` (`samft.weights.instance_head`,
+whose `load_instance_head(<stem>.pth)` loads it).
+
 The sidecar `<stem>.json` records the variant, the input size, samft's version, the
 training config (the Lightning checkpoint's hyper-parameters), the final validation
 metrics and the sha256 of the source, so an exported file can be traced to its run.
@@ -37,6 +42,15 @@ from samft.io.files import (
 )
 from samft.model.registry import Sam2HyperParams, get_hyper_params
 from samft.model.sam2.model import IMAGENET_MEAN, IMAGENET_STD, LOW_RES_CLAMP
+from samft.weights.instance_head import (
+    FILE_SUFFIX,
+    read_instance_head,
+    save_instance_head,
+    sidecar_entry,
+)
+from samft.weights.instance_head import (
+    SIDECAR_KEY as HEAD_KEY,
+)
 from samft.weights.known import resolve_checkpoint
 from samft.weights.lightning import SIDECAR_FORMAT, final_validation_metrics, read_lightning_info
 from samft.weights.load import load_sam, read_sam_state_dict
@@ -117,6 +131,14 @@ def export_checkpoint(
         for name, suffix in names.items():
             written[name] = save_sam(state_dict, stem.with_name(stem.name + suffix))
             _default_permissions(written[name])
+    head = (
+        read_instance_head(checkpoint) if format in WEIGHT_FORMATS or format == "official" else None
+    )
+    if head is not None:
+        written["instance_head"] = save_instance_head(
+            head[0], stem.with_name(stem.name + FILE_SUFFIX)
+        )
+        _default_permissions(written["instance_head"])
 
     source = checkpoint
     if checkpoint.is_dir():  # a transformers folder: trace the export to its weights file
@@ -142,6 +164,10 @@ def export_checkpoint(
                 "orig_im_size",
             ],
         }
+    if head is not None:
+        sidecar[HEAD_KEY] = sidecar_entry(written["instance_head"], head[0])
+        if head[1].get("thresholds"):  # an export of an export keeps its chosen thresholds
+            sidecar[HEAD_KEY]["thresholds"] = head[1]["thresholds"]
     sidecar_path = stem.with_name(stem.name + ".json")
     written["sidecar"] = write_json_atomic(sidecar_path, _merge_sidecar(sidecar_path, sidecar))
     return written
