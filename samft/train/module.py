@@ -129,6 +129,12 @@ class SamFineTuner(L.LightningModule):
     def _build_instance_head(self) -> InstanceHead:
         """The head for this model's embedding (C x h' x w') and input size S, with the
         weights of `model.checkpoint` when that file holds a head."""
+        if isinstance(self.model, Sam2):
+            raise ValueError(
+                f"instance_head.enabled=true with model.variant={self.model_config.variant}: "
+                "the instance head takes SAM's single image embedding; SAM 2's feature levels "
+                "are not wired to it yet. Use a SAM 1 family model (lite_medsam, vit_b, ...)"
+            )
         embed_h, _ = self.model.prompt_encoder.image_embedding_size
         head = InstanceHead(
             embed_dim=self.model.prompt_encoder.embed_dim,
@@ -229,7 +235,7 @@ class SamFineTuner(L.LightningModule):
         if self.loss_config.prompted_weight > 0:
             totals = self.prompted_losses(embeddings, batch, batch_idx)
             totals["total"] = self.loss_config.prompted_weight * totals["total"]
-        total = totals.get("total", embeddings.new_zeros(()))
+        total = totals.get("total", torch.zeros((), device=self.device))
         automatic = batch.automatic
         if automatic is not None and self.loss_config.automatic_weight > 0:
             num_points = self.num_objects_per_rank(automatic.points.shape[0])
