@@ -14,12 +14,14 @@ shows the traceback. Any other exception keeps its traceback and exits 1.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
 import signal
 import sys
 import traceback
+from collections.abc import Iterator
 
 COMMANDS = {
     "train": "Fine-tune SAM (Lightning Trainer.fit).",
@@ -60,11 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     from samft.commands.quiet import quiet_library_noise
 
     quiet_library_noise()
-    if command != "train":  # train stops at a step boundary and saves (SaveOnSignal)
-        signal.signal(signal.SIGTERM, _stop)
     module = importlib.import_module(f"samft.commands.{command}")
     try:
-        module.main()
+        with _stop_on_sigterm(command != "train"):  # train stops between steps and saves
+            module.main()
     except (Stopped, KeyboardInterrupt) as err:
         signum = err.signum if isinstance(err, Stopped) else int(signal.SIGINT)
         print(
@@ -94,6 +95,18 @@ class Stopped(Exception):  # noqa: N818 (a stop, not an error)
 
 def _stop(signum: int, frame: object) -> None:
     raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm(enabled: bool) -> Iterator[None]:
+    """SIGTERM raises `Stopped` inside (as SIGINT raises KeyboardInterrupt); the previous
+    handler is back afterwards (the process's, or a test's)."""
+    previous = signal.signal(signal.SIGTERM, _stop) if enabled else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _raised_in_samft(err: BaseException) -> bool:

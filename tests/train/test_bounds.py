@@ -4,6 +4,7 @@ naming the key, the value and the allowed range."""
 from __future__ import annotations
 
 import math
+import signal
 import sys
 
 import pytest
@@ -113,6 +114,7 @@ def test_segment_says_it_in_one_line_before_any_work(tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SAMFT_COMMAND", raising=False)  # main() sets them: undone after
     monkeypatch.setattr(sys, "argv", list(sys.argv))
+    before = signal.getsignal(signal.SIGTERM)
     args = ["samft", "segment", "checkpoint=none.pth", "input=none", f"output={tmp_path}/out"]
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "crop_overlap_ratio=1.5"])
@@ -120,3 +122,4 @@ def test_segment_says_it_in_one_line_before_any_work(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert "samft segment: error: ValueError: crop_overlap_ratio=1.5: must be in [0, 1)" in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # the command's stop handler is gone
