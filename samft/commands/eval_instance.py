@@ -197,7 +197,8 @@ def evaluate_instances(
     ]
     report = build_instance_report(results, settings)
     table = format_instance_table(results)
-    print(table, instance_notes(settings, source), sep="\n", flush=True)
+    kinds = sorted({kind for _, kind in jobs})
+    print(table, instance_notes(settings, source, kinds), sep="\n", flush=True)
     write_json_atomic(Path(cfg.output), report)
     log.info("report written to %s", cfg.output)
     target_of = dict(zip(checkpoints, targets, strict=True))

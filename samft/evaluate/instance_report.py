@@ -74,20 +74,35 @@ def format_instance_table(results: Sequence[InstanceResult]) -> str:
     return "\n".join([*legend, rule, line(header), rule, *map(line, rows), rule])
 
 
-def instance_notes(settings: Mapping[str, Any], source: str) -> str:
-    """What the instance table's numbers are."""
-    cells = settings["grid_cells"]
-    lines = [
-        f"automatic masks: {settings['points_per_side']} x {settings['points_per_side']} "
-        f"point grid, crop_n_layers={settings['crop_n_layers']}; thresholds chosen by "
-        f"{settings['criterion']} over {cells} cell(s) of pred_iou_thresh x "
-        "stability_score_thresh on this split (so the scores are optimistic for it).",
+def instance_notes(
+    settings: Mapping[str, Any], source: str, kinds: Sequence[str] = ("grid",)
+) -> str:
+    """What the instance table's numbers are; `kinds`: the generators scored ("grid",
+    "head")."""
+    lines = []
+    if "grid" in kinds:
+        cells = settings["grid_cells"]
+        lines.append(
+            f"automatic masks: {settings['points_per_side']} x {settings['points_per_side']} "
+            f"point grid, crop_n_layers={settings['crop_n_layers']}; thresholds chosen by "
+            f"{settings['criterion']} over {cells} cell(s) of pred_iou_thresh x "
+            "stability_score_thresh on this split (so the scores are optimistic for it)."
+        )
+    if "head" in kinds:
+        lines.append(
+            "instance head: one encoder and head pass an image, then a seeded watershed; its "
+            f"foreground/center/boundary thresholds chosen by {settings['criterion']} over "
+            "the values given (one value each: fixed, no search) on this split. AP ranks its "
+            "instances by their mean foreground probability."
+        )
+    lines.append(
         "mSA: mean over IoU 0.50:0.05:0.95 of TP / (TP + FP + FN), one-to-one Hungarian "
         "matching, per image then averaged; SA50/SA75, precision50/recall50 at one IoU; "
         "n_pred / n_gt: objects predicted (label image) / annotated. AP: COCO mask AP "
         "(pycocotools) of the kept masks scored by predicted IoU. iou_head_mae: mean "
-        "|predicted IoU - best IoU with any object| over kept masks.",
-    ]
+        "|predicted IoU - best IoU with any object| over kept masks. seconds_per_image: wall "
+        "time an image (grid: its proposals; head: encoder, head and watershed)."
+    )
     wrapped = [textwrap.fill(text, width=100, subsequent_indent="  ") for text in lines]
     return "\n".join([f"data: {source}", *wrapped])
 
