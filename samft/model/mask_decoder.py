@@ -118,14 +118,10 @@ class MaskDecoder(nn.Module):
         if image_index is None:  # the official call: one image for all N prompts
             image_index = torch.zeros(N, dtype=torch.long, device=tokens.device)
         _, C, h, w = image_embeddings.shape
-        if dense_is_shared(dense_prompt_embeddings):
-            # no per-prompt mask prompt: the image tokens start equal for all prompts of an
-            # image, and the transformer's first block works on them once per image
-            src = image_embeddings + dense_prompt_embeddings[:1]
-            hs, src = self.transformer(src, image_pe, tokens, image_index=image_index)
-        else:
-            src = image_embeddings[image_index] + dense_prompt_embeddings
-            hs, src = self.transformer(src, image_pe.expand(N, -1, -1, -1), tokens)
+        hs, src = attend(
+            self.transformer, image_embeddings, image_pe, dense_prompt_embeddings, tokens,
+            image_index,
+        )  # fmt: skip
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
 
@@ -261,6 +257,26 @@ class MaskDecoder(nn.Module):
             maps.append(conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out))
             maps.append(conv.bias.repeat(4))
         return maps[0], maps[1], maps[2], maps[3]
+
+
+def attend(
+    transformer: nn.Module,
+    image_embeddings: Tensor,
+    image_pe: Tensor,
+    dense_prompt_embeddings: Tensor,
+    tokens: Tensor,
+    image_index: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The two-way transformer on N prompts' tokens (`N x T x C`) and their images'
+    embeddings (`B x C x h x w`, `image_index`: N longs): `hs` N x T x C, `src` N x hw x C.
+
+    Without a per-prompt mask prompt the image tokens start equal for all prompts of an
+    image, and the transformer's first block works on them once per image."""
+    if dense_is_shared(dense_prompt_embeddings):
+        src = image_embeddings + dense_prompt_embeddings[:1]
+        return transformer(src, image_pe, tokens, image_index=image_index)
+    src = image_embeddings[image_index] + dense_prompt_embeddings
+    return transformer(src, image_pe.expand(tokens.shape[0], -1, -1, -1), tokens)
 
 
 def dense_is_shared(dense: Tensor) -> bool:

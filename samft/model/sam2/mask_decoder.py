@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from samft.model.common import LayerNorm2d
-from samft.model.mask_decoder import MLP, dense_is_shared
+from samft.model.mask_decoder import MLP, attend
 from samft.model.transformer import TwoWayTransformer
 
 
@@ -174,12 +174,10 @@ class Sam2MaskDecoder(nn.Module):
         if image_index is None:  # one image for all N prompts
             image_index = torch.zeros(N, dtype=torch.long, device=tokens.device)
         _, C, h, w = image_embeddings.shape
-        if dense_is_shared(dense_prompt_embeddings):
-            src = image_embeddings + dense_prompt_embeddings[:1]
-            hs, src = self.transformer(src, image_pe, tokens, image_index=image_index)
-        else:
-            src = image_embeddings[image_index] + dense_prompt_embeddings
-            hs, src = self.transformer(src, image_pe.expand(N, -1, -1, -1), tokens)
+        hs, src = attend(
+            self.transformer, image_embeddings, image_pe, dense_prompt_embeddings, tokens,
+            image_index,
+        )  # fmt: skip
         first = 1 if self.pred_obj_scores else 0  # the object-score token comes first
         iou_token_out = hs[:, first]
         mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens]
