@@ -207,17 +207,7 @@ def segment(
         "thresholds_source": sources,
         "images": [],
     }
-    progress = ProgressLines("segment", len(images)) if off_terminal() else None
-    with logging_redirect_tqdm():
-        for done, (path, key) in enumerate(
-            tqdm(images, desc="segment", unit="image", disable=None), 1
-        ):
-            report["images"].append(_segment_one(generator, path, key, out_dir, overlay))
-            if progress is not None:
-                progress.update(done)
-    write_json_atomic(out_dir / "segments.json", report)
-    log.info("%d image(s) segmented into %s", len(images), out_dir)
-    return report
+    return _segment_all(generator, images, out_dir, overlay, report)
 
 
 def _thresholds_text(generator: Any) -> list[str]:
@@ -264,6 +254,18 @@ def _segment_with_head(
         "thresholds_source": sources,
         "images": [],
     }
+    return _segment_all(segmenter, images, out_dir, overlay, report)
+
+
+def _segment_all(
+    segmenter: AutomaticMaskGenerator | HeadInstanceSegmenter,
+    images: list[tuple[Path, str]],
+    out_dir: Path,
+    overlay: bool,
+    report: dict[str, Any],
+) -> dict[str, Any]:
+    """Every image through `_segment_one` (a bar on a terminal, progress lines elsewhere),
+    then `segments.json`: `report` with one entry per image."""
     progress = ProgressLines("segment", len(images)) if off_terminal() else None
     with logging_redirect_tqdm():
         for done, (path, key) in enumerate(
