@@ -32,12 +32,16 @@ def allow_image_pixels(limit: int | None) -> None:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the error is the limit
 
 
-def too_large(path: Path, what: str, err: Exception) -> DataError:
-    """The DataError for an image over the pixel limit: the file, its size and the key."""
+class ImageTooLargeError(DataError):
+    """An image over the pixel limit (`max_image_pixels`)."""
+
+
+def too_large(path: Path, what: str, err: Exception) -> ImageTooLargeError:
+    """The error for an image over the pixel limit: the file, its size and the key."""
     found = re.search(r"\((\d+) pixels\)", str(err))
     pixels = int(found.group(1)) if found else None
     limit = 2 * int(Image.MAX_IMAGE_PIXELS or 0)
-    return DataError(
+    return ImageTooLargeError(
         f"{what} file {path} has {_pixels(pixels) if pixels else 'too many pixels'}, over the "
         f"limit of {_pixels(limit)} (a guard against decompression bombs); if the file is "
         f"genuine, allow it with max_image_pixels={pixels or 2 * limit}"
@@ -48,23 +52,15 @@ def _pixels(count: int) -> str:
     return f"{count / 1e6:.1f} megapixels" if count >= 1_000_000 else f"{count} pixels"
 
 
-def open_image(path: Path, what: str = "image") -> Image.Image:
-    """`Image.open(path)` (lazy: the header only), every failure a DataError naming it."""
+def open_image(path: Path, what: str = "image", decode: bool = False) -> Image.Image:
+    """`Image.open(path)`, the header only or (`decode`) the pixels too; every failure a
+    DataError naming the file (`ImageTooLargeError` over the pixel limit)."""
     if not path.is_file():
         raise DataError(f"{what} file not found: {path}")
     try:
-        return Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise too_large(path, what, exc) from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read {what} file {path}: {exc}") from exc
-
-
-def _open(path: Path, what: str) -> Image.Image:
-    """Open and fully decode `path`, turning every failure into a DataError naming it."""
-    image = open_image(path, what)
-    try:
-        image.load()
+        image = Image.open(path)
+        if decode:
+            image.load()
     except Image.DecompressionBombError as exc:
         raise too_large(path, what, exc) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -90,7 +86,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
     leave them almost black).
     """
     path = Path(path)
-    image = _open(path, "image")
+    image = open_image(path, "image", decode=True)
     if image.mode in _WIDE_MODES:
         gray = _stretch_to_uint8(np.asarray(image))
         return np.repeat(gray[:, :, None], 3, axis=2)
@@ -108,7 +104,7 @@ def read_label_map(path: str | Path) -> np.ndarray:
     Float TIFF maps must hold whole numbers.
     """
     path = Path(path)
-    image = _open(path, "mask")
+    image = open_image(path, "mask", decode=True)
     if image.format in ("JPEG", "MPO"):
         raise DataError(
             f"mask file {path} is a JPEG: lossy compression changes label values at object "
@@ -144,9 +140,9 @@ def input_image_size(path: Path, input_path: str | Path) -> tuple[int, int]:
     try:
         with open_image(path) as image:
             width, height = image.size
-    except DataError as err:
-        if "max_image_pixels" in str(err):
-            raise
+    except ImageTooLargeError:
+        raise
+    except DataError:
         raise DataError(
             f"input={input_path}: {path} is not an image samft can read; expected PNG, JPEG, "
             "TIFF, BMP or WebP"
