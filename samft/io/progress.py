@@ -60,7 +60,14 @@ class TestProgress(L.Callback):
     def on_test_start(self, trainer: L.Trainer, pl_module: Any) -> None:
         self.lines = ProgressLines(self.what, self.total)
 
-    def on_test_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        batch_idx = kwargs.get("batch_idx", args[3] if len(args) > 3 else 0)
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: Any,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if self.lines is not None:
-            self.lines.update(min(self.total, (int(batch_idx) + 1) * self.per_batch))
+            self.lines.update(min(self.total, (batch_idx + 1) * self.per_batch))
