@@ -16,7 +16,6 @@ SAM from the same path. The head's constructor arguments are read from its tenso
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from torch import Tensor
 from samft.io.files import sha256_file
 from samft.model.instance_head import InstanceHead
 from samft.weights.files import CheckpointError, independent_tensors, load_tensor_file
-from samft.weights.thresholds import read_sidecar, sidecar_of
+from samft.weights.thresholds import read_sidecar, sidecar_of, unit_interval
 
 PREFIX = "instance_head."
 SIDECAR_KEY = "instance_head"
@@ -150,12 +149,7 @@ def check_head_thresholds(values: Mapping[str, Any], where: str) -> dict[str, An
     count >= 0; a ValueError naming `where` otherwise."""
     checked = dict(values)
     for key in ("foreground_thresh", "center_thresh", "boundary_thresh"):
-        value = values.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}.{key} = {value!r}; expected a number in [0, 1]")
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ValueError(f"{where}.{key} = {value!r}; expected a number in [0, 1]")
-        checked[key] = float(value)
+        checked[key] = unit_interval(values.get(key), f"{where}.{key}")
     size = values.get("min_size")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ValueError(f"{where}.min_size = {size!r}; expected a whole number >= 0")

@@ -37,13 +37,16 @@ def check_thresholds(values: Any, where: str) -> dict[str, Any]:
     checked = dict(values)
     present = [key for key in OPTIONAL_KEYS if values.get(key) is not None]
     for key in (*THRESHOLD_KEYS, *present):
-        value = values.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}.{key} = {value!r}; expected a number in [0, 1]")
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ValueError(f"{where}.{key} = {value!r}; expected a number in [0, 1]")
-        checked[key] = float(value)
+        checked[key] = unit_interval(values.get(key), f"{where}.{key}")
     return checked
+
+
+def unit_interval(value: Any, name: str) -> float:
+    """`value` as a float in [0, 1], or a ValueError naming `name`."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (is_number and math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} = {value!r}; expected a number in [0, 1]")
+    return float(value)
 
 
 def sidecar_of(checkpoint: str | Path) -> Path | None:
