@@ -118,27 +118,61 @@ def decode(
     `image_index` P) at once.
 
     Rows are grouped by token layout so each prompt is embedded exactly as the official
-    predictor embeds it; each group is one decoder call over all images.
+    predictor embeds it; each group is one decoder call over all images, or several calls
+    of `prompts_per_call` prompts each for CPU inference.
     """
-    dense = dense_embeddings(sam, prompts.mask_inputs, prompts.has_mask_input)
     num = prompts.labels.shape[0]
     low_res = iou_pred = object_score = None
+    per_call = prompts_per_call(sam, image_index.device)
     for group in group_prompts(prompts.coords, prompts.labels):
         sparse = sam.sparse_embeddings(group.points, group.boxes)
-        masks, scores, objects = sam.decode_all(
-            embeddings, sparse, dense[group.index], image_index[group.index]
-        )
-        if low_res is None:
-            low_res = masks.new_empty((num, *masks.shape[1:]))
-            iou_pred = scores.new_empty((num, scores.shape[1]))
+        for rows, index in _calls(group.index, per_call):
+            dense = dense_embeddings(sam, prompts.mask_inputs[index], prompts.has_mask_input[index])
+            masks, scores, objects = sam.decode_all(
+                embeddings, sparse[rows], dense, image_index[index]
+            )
+            if low_res is None:
+                low_res = masks.new_empty((num, *masks.shape[1:]))
+                iou_pred = scores.new_empty((num, scores.shape[1]))
+                if objects is not None:
+                    object_score = objects.new_empty((num, objects.shape[1]))
+            low_res.index_copy_(0, index, masks)
+            iou_pred.index_copy_(0, index, scores)
             if objects is not None:
-                object_score = objects.new_empty((num, objects.shape[1]))
-        low_res = low_res.index_copy(0, group.index, masks)
-        iou_pred = iou_pred.index_copy(0, group.index, scores)
-        if objects is not None:
-            object_score = object_score.index_copy(0, group.index, objects)
+                object_score.index_copy_(0, index, objects)
     answering = answering_outputs(prompts.labels, multimask_output)
     return DecoderOutput(low_res, iou_pred, answering, object_score)
+
+
+CPU_CALL_BYTES = 16 * 2**20
+"""The largest tensor one CPU decoder call may allocate (see `prompts_per_call`)."""
+
+
+def prompts_per_call(sam: TrainableSam, device: torch.device) -> int | None:
+    """How many prompts one decoder call takes: None (all at once) on an accelerator or
+    while autograd records; on the CPU without autograd, as many as keep the call's largest
+    tensor, the upscaled mask features (`N x C/8 x 4h' x 4w'` float32, 8 MiB a prompt at
+    C = 256 and a 64 x 64 embedding), within `CPU_CALL_BYTES`.
+
+    A call over all prompts at once allocates tensors of hundreds of MiB that the C library
+    maps afresh and faults in page by page on every call (system time then rivals compute
+    time); calls of a few prompts reuse the same cache-sized blocks. Prompted evaluation of
+    LiteMedSAM on this project's 2-core CPU ran 1.4x faster this way
+    (`docs/performance.md`, "Prompted eval")."""
+    if device.type != "cpu" or torch.is_grad_enabled():
+        return None
+    encoder = sam.prompt_encoder
+    h, w = encoder.image_embedding_size
+    per_prompt = 8 * encoder.embed_dim * h * w  # C/8 channels x 16 h' w' pixels x 4 bytes
+    return max(1, CPU_CALL_BYTES // per_prompt)
+
+
+def _calls(index: Tensor, per_call: int | None) -> Iterator[tuple[slice, Tensor]]:
+    """A group's rows split into decoder calls: (slice of the group, prompt indices)."""
+    step = per_call or max(len(index), 1)
+    for start in range(0, len(index), step):
+        rows = slice(start, start + step)
+        yield rows, index[rows]
 
 
 def feedback_logits(sam: TrainableSam, low_res: Tensor) -> Tensor:
@@ -153,6 +187,8 @@ def upscale(sam: TrainableSam, low_res: Tensor) -> Tensor:
     """Low-res logits P x M x S/4 x S/4 -> P x M x S x S logits on the input square
     (the first step of `Sam.postprocess_masks`; SAM 2's input frame is that square)."""
     size = sam.image_size
+    if low_res.shape[-2:] == (size, size):  # bilinear onto the same grid is the identity
+        return low_res
     return F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
 
 

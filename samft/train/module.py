@@ -212,15 +212,14 @@ class SamFineTuner(L.LightningModule):
 
     def decode_round(
         self, embeddings: Any, batch: SamBatch, prompts: Prompts, round_index: int
-    ) -> tuple[batched.DecoderOutput, Tensor]:
-        """One round of the interactive loop: the decoder's outputs and their logits
-        upscaled to the padded input square (P x 4 x S x S). Only the first round may
-        answer with the multimask outputs."""
+    ) -> batched.DecoderOutput:
+        """One round of the interactive loop: the decoder's outputs (low-res logits
+        P x 4 x S/4 x S/4; `batched.upscale` brings them to the padded input square). Only
+        the first round may answer with the multimask outputs."""
         multimask = self.interactive_config.multimask_output if round_index == 0 else False
-        out = batched.decode(
+        return batched.decode(
             self.model, embeddings, batch.object_image_index, prompts, multimask_output=multimask
         )
-        return out, batched.upscale(self.model, out.low_res)
 
     def feedback_index(self, out: batched.DecoderOutput, lowest_loss: Tensor) -> Tensor:
         """P: the output each object's next round builds on (`interactive.feedback_mask`):
@@ -270,7 +269,8 @@ class SamFineTuner(L.LightningModule):
         totals: dict[str, Tensor] = {}
         for round_index in range(num_rounds):
             with torch.set_grad_enabled(round_index in counted and torch.is_grad_enabled()):
-                out, logits = self.decode_round(embeddings, batch, prompts, round_index)
+                out = self.decode_round(embeddings, batch, prompts, round_index)
+                logits = batched.upscale(self.model, out.low_res)
                 loss = self.loss_fn(
                     logits,
                     out.iou_pred,
@@ -359,9 +359,12 @@ class SamFineTuner(L.LightningModule):
         first: dict[str, Tensor] = {}
         max_clicks = max(cfg.val_clicks, default=0)
         for click in range(max_clicks + 1):
-            out, logits = self.decode_round(embeddings, batch, prompts, click)
+            out = self.decode_round(embeddings, batch, prompts, click)
             best = out.predicted_best()
-            pred = logits[rows, best] > self.model.mask_threshold
+            # the first round's loss needs every output; later rounds only the kept one
+            kept = out.low_res[rows, best][:, None]
+            logits = batched.upscale(self.model, out.low_res if click == 0 else kept)
+            pred = (logits[rows, best] if click == 0 else logits[:, 0]) > self.model.mask_threshold
             if click == 0:
                 loss = self.loss_fn(
                     logits,

@@ -81,6 +81,51 @@ def test_batched_decode_equals_one_official_call_per_object(ct_organs):
         assert answering[:, 1:].all() and not answering[:, 0].any()  # multimask forced on
 
 
+@pytest.mark.parametrize("variant", ["tiny", "sam2_tiny"])
+def test_cpu_inference_in_small_decoder_calls_equals_one_call(variant, monkeypatch):
+    from samft.model.registry import build_sam
+
+    torch.manual_seed(0)
+    sam = build_sam(variant)
+    h, w = sam.prompt_encoder.image_embedding_size
+    images = [torch.randint(0, 256, (3, 256, 256), dtype=torch.uint8) for _ in range(2)]
+    num = 7
+    coords = torch.rand(num, 3, 2) * 255
+    labels = torch.tensor([[1, -1, -1], [1, 0, 1], [2, 3, -1]] * 2 + [[0, 1, -1]])
+    has_mask = torch.tensor([True, False, True, False, False, True, True])
+    prompts = Prompts(coords, labels, torch.randn(num, 1, 4 * h, 4 * w), has_mask)
+    image_index = torch.tensor([0, 1, 1, 0, 1, 0, 1])
+    with torch.no_grad():
+        features = batched.encode_images(sam, images)
+    expected = batched.decode(sam, features, image_index, prompts, "auto")  # autograd: one call
+    per_prompt = 8 * sam.prompt_encoder.embed_dim * h * w
+    monkeypatch.setattr(batched, "CPU_CALL_BYTES", 2 * per_prompt)
+    calls = []
+    decode_all = sam.decode_all
+    monkeypatch.setattr(sam, "decode_all", lambda *a: calls.append(len(a[1])) or decode_all(*a))
+    with torch.no_grad():
+        assert batched.prompts_per_call(sam, torch.device("cpu")) == 2
+        got = batched.decode(sam, features, image_index, prompts, "auto")
+    assert max(calls) == 2 and sum(calls) == num  # three layouts, each in calls of <= 2
+    for name in ("low_res", "iou_pred", "answering", "object_score"):
+        if getattr(expected, name) is None:
+            assert getattr(got, name) is None
+        else:
+            torch.testing.assert_close(getattr(got, name), getattr(expected, name).detach())
+
+
+def test_prompts_go_to_the_decoder_at_once_with_autograd_or_off_the_cpu():
+    from samft.model.registry import build_sam
+
+    sam = build_sam("tiny")
+    assert batched.prompts_per_call(sam, torch.device("cpu")) is None  # autograd records
+    with torch.no_grad():
+        assert batched.prompts_per_call(sam, torch.device("cuda")) is None
+        h, w = sam.prompt_encoder.image_embedding_size
+        expected = batched.CPU_CALL_BYTES // (8 * sam.prompt_encoder.embed_dim * h * w)
+        assert batched.prompts_per_call(sam, torch.device("cpu")) == expected
+
+
 def test_auto_multimask_answers_only_a_single_point_with_three_masks():
     labels = torch.tensor([[1, -1], [1, 1], [1, 0], [2, 3], [0, -1]])
     answering = batched.answering_outputs(labels, "auto")

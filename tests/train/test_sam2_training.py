@@ -175,7 +175,8 @@ def _fixed_batch_loss(module: SamFineTuner, batch) -> float:
     """The first round's training loss of `batch` (no step taken)."""
     module.train()
     with torch.no_grad():
-        out, logits = module.decode_round(module.batch_embeddings(batch), batch, batch.prompts, 0)
+        out = module.decode_round(module.batch_embeddings(batch), batch, batch.prompts, 0)
+        logits = batched.upscale(module.model, out.low_res)
         valid = module.valid_region(batch)
         loss = module.loss_fn(
             logits,
