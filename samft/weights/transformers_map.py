@@ -7,14 +7,13 @@ import (see `samft.weights.transformers_layout` for reading and writing folders)
 
 The key map:
 One table, `KEY_MAP`, pairs an official key template with the transformers one; both
-directions read it, so a round trip is the identity. Placeholders: `{i}` / `{n}` an
-index, `{p}` weight or bias, `{attn}` a vision attention tensor, `{name}` a decoder
-attention, `{proj}` one of its projections, `{mlp}` a layer of an MLP head. Tensors are
-passed through untouched (same objects); only names change, with two exceptions:
+directions read it (`samft.weights.key_templates`), so a round trip is the identity.
+Placeholders: `{i}` / `{n}` an index, `{p}` weight or bias, `{attn}` a vision attention
+tensor, `{name}` a decoder attention, `{proj}` one of its projections, `{mlp}` a layer of
+an MLP head (official `layers.0 .. layers.{d-1}` are transformers' `proj_in`,
+`layers.0 .. layers.{d-3}`, `proj_out`). Tensors are passed through untouched (same
+objects); only names change, with one exception:
 
-* MLP heads (IoU head, hypernetwork MLPs): official `layers.0 .. layers.{d-1}` are
-  transformers' `proj_in`, `layers.0 .. layers.{d-3}`, `proj_out` (`d` the depth, read
-  from the keys of each head).
 * The prompt encoder's random-Fourier matrix (`pe_layer.positional_encoding_gaussian_matrix`)
   is one tensor in the official model and two tied ones in transformers'
   (`shared_image_embedding.positional_embedding` for the dense grid and
@@ -25,7 +24,6 @@ passed through untouched (same objects); only names change, with two exceptions:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +33,7 @@ from torch import Tensor
 from samft.model.registry import SamHyperParams, get_hyper_params
 from samft.model.sam import PIXEL_MEAN, PIXEL_STD
 from samft.weights.files import CheckpointError
+from samft.weights.key_templates import META, TRANSFORMERS, KeyTemplates
 from samft.weights.shapes import infer_image_size, infer_variant
 
 OFFICIAL_PE = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
@@ -95,35 +94,20 @@ KEY_MAP: tuple[tuple[str, str], ...] = (
     ("mask_decoder.iou_prediction_head.{mlp}.{p}", "mask_decoder.iou_prediction_head.{mlp}.{p}"),
 )
 
-_GROUPS = {
-    "i": r"\d+",
-    "n": r"\d+",
-    "p": r"weight|bias",
-    "attn": r"qkv\.weight|qkv\.bias|proj\.weight|proj\.bias|rel_pos_h|rel_pos_w",
-    "name": r"self_attn|cross_attn_token_to_image|cross_attn_image_to_token",
-    "proj": r"q_proj|k_proj|v_proj|out_proj",
-}
-_MLP = {"official": r"layers\.\d+", "transformers": r"proj_in|proj_out|layers\.\d+"}
-
-
-def _compile(template: str, side: str) -> re.Pattern[str]:
-    parts = re.split(r"\{(\w+)\}", template)  # literal, name, literal, name, ...
-    pattern = "".join(
-        re.escape(part) if k % 2 == 0 else f"(?P<{part}>{_GROUPS.get(part) or _MLP[side]})"
-        for k, part in enumerate(parts)
-    )
-    return re.compile(pattern)
-
-
-_RULES = {
-    side: [(_compile(pair[k], side), pair[1 - k]) for pair in KEY_MAP]
-    for k, side in enumerate(("official", "transformers"))
-}
+KEYS = KeyTemplates(
+    KEY_MAP,
+    groups={
+        "attn": r"qkv\.weight|qkv\.bias|proj\.weight|proj\.bias|rel_pos_h|rel_pos_w",
+        "name": r"self_attn|cross_attn_token_to_image|cross_attn_image_to_token",
+        "proj": r"q_proj|k_proj|v_proj|out_proj",
+    },
+    layouts=("the official SAM", "transformers' SamModel"),
+)
 
 
 def official_to_transformers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Official SAM keys (`image_encoder.*`, ...) -> transformers' `SamModel` keys."""
-    out = _rename(state_dict, "official")
+    out = KEYS.rename(state_dict, META)
     if HF_PE in out:
         out[HF_PE_TIED] = out[HF_PE]  # tied in SamModel; written apart by the caller
     return out
@@ -132,61 +116,28 @@ def official_to_transformers(state_dict: Mapping[str, Tensor]) -> dict[str, Tens
 def transformers_to_official(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """transformers' `SamModel` keys -> official SAM keys. A CheckpointError lists keys
     that belong to neither layout."""
+    state_dict = untie_positional_encoding(state_dict, HF_PE, HF_PE_TIED, "SAM")
+    return KEYS.rename(state_dict, TRANSFORMERS)
+
+
+def untie_positional_encoding(
+    state_dict: Mapping[str, Tensor], key: str, tied: str, model: str
+) -> dict[str, Tensor]:
+    """`state_dict` without `tied`, the prompt encoder's copy of the random-Fourier matrix
+    `key` (transformers keeps one for the image grid and one for points): `key` keeps
+    either; two that differ are a CheckpointError."""
     state_dict = dict(state_dict)
-    tied = state_dict.pop(HF_PE_TIED, None)
-    if tied is not None:
-        if HF_PE not in state_dict:
-            state_dict[HF_PE] = tied
-        elif tied is not state_dict[HF_PE] and not torch.equal(tied, state_dict[HF_PE]):
-            raise CheckpointError(
-                f"'{HF_PE_TIED}' differs from '{HF_PE}'; SAM has one positional-encoding "
-                "matrix for points and the image grid"
-            )
-    return _rename(state_dict, "transformers")
-
-
-def _rename(state_dict: Mapping[str, Tensor], side: str) -> dict[str, Tensor]:
-    """Rename every key read from `side` ("official" or "transformers") to the other."""
-    found: dict[str, tuple[re.Match[str], str]] = {}
-    unknown = []
-    for key in state_dict:
-        for pattern, target in _RULES[side]:
-            match = pattern.fullmatch(key)
-            if match:
-                found[key] = (match, target)
-                break
-        else:
-            unknown.append(key)
-    if unknown:
-        other = "transformers' SamModel" if side == "transformers" else "the official SAM"
-        shown = ", ".join(sorted(unknown)[:6]) + (" ..." if len(unknown) > 6 else "")
-        raise CheckpointError(f"{len(unknown)} key(s) not in {other} layout: {shown}")
-
-    heads: dict[str, set[str]] = {}  # MLP head prefix -> its layer names, for the depth
-    for key, (match, _) in found.items():
-        if "mlp" in match.groupdict():
-            heads.setdefault(key[: match.start("mlp")], set()).add(match["mlp"])
-
-    out: dict[str, Tensor] = {}
-    for key, (match, target) in found.items():
-        groups = match.groupdict()
-        if "mlp" in groups:
-            prefix = key[: match.start("mlp")]
-            groups["mlp"] = _mlp_layer(groups["mlp"], len(heads[prefix]), side, prefix)
-        out[target.format(**groups)] = state_dict[key]
-    return out
-
-
-def _mlp_layer(name: str, depth: int, side: str, prefix: str) -> str:
-    """One layer name of a `depth`-layer MLP head, in the other layout."""
-    if depth < 2:
-        raise CheckpointError(f"MLP head {prefix}* has {depth} layer; SamModel needs two or more")
-    official = [f"layers.{k}" for k in range(depth)]
-    hf = ["proj_in", *(f"layers.{k}" for k in range(depth - 2)), "proj_out"]
-    source, target = (official, hf) if side == "official" else (hf, official)
-    if name not in source:
-        raise CheckpointError(f"MLP head {prefix}* of {depth} layers has a gap before {name}")
-    return target[source.index(name)]
+    copy = state_dict.pop(tied, None)
+    if copy is None:
+        return state_dict
+    if key not in state_dict:
+        state_dict[key] = copy
+    elif copy is not state_dict[key] and not torch.equal(copy, state_dict[key]):
+        raise CheckpointError(
+            f"'{tied}' differs from '{key}'; {model} has one positional-encoding matrix "
+            "for points and the image grid"
+        )
+    return state_dict
 
 
 def transformers_config(
