@@ -20,7 +20,9 @@ A SAM 2 model exports in Meta's layout: `<stem>.pth` is `{"model": state_dict}` 
 video parts it carries, bit for bit, so Meta's `build_sam2` and
 `build_sam2_video_predictor` load it strictly with the variant's config; its sidecar also
 records SAM 2's preprocessing (`preprocessing`), Meta's config and the video parts.
-ONNX and transformers exports are for SAM only (so far).
+Its `format=transformers` export is a `Sam2Model` folder (the image model: `Sam2Model` has
+no place for the video parts, which the sidecar counts as left out); ONNX is for SAM only
+(so far).
 """
 
 from __future__ import annotations
@@ -98,13 +100,13 @@ def export_checkpoint(
 
     state_dict, found_variant = read_sam_state_dict(checkpoint, variant)
     is_sam2 = isinstance(get_hyper_params(found_variant), Sam2HyperParams)
-    if is_sam2 and format in ("onnx", "transformers"):
+    if is_sam2 and format == "onnx":
         raise ValueError(
             f"export format={format} is not available for SAM 2 ('{found_variant}' in "
-            f"{checkpoint}) yet; use format=official (Meta's .pth and .safetensors), pth or "
-            "safetensors"
+            f"{checkpoint}) yet; use format=official (Meta's .pth and .safetensors), pth, "
+            "safetensors or transformers"
         )
-    if format == "transformers" and get_hyper_params(found_variant).encoder != "vit":
+    if format == "transformers" and get_hyper_params(found_variant).encoder == "tiny_vit":
         raise ValueError(
             f"export format=transformers: transformers' SamModel has only SAM's ViT image "
             f"encoder, and '{found_variant}' ({checkpoint}) has a TinyViT one, so its weights "
@@ -147,6 +149,9 @@ def export_checkpoint(
     if is_sam2:
         carried = len(video_keys(state_dict))
         sidecar.update(sam2_sidecar(found_variant, image_size, carried))
+        if format == "transformers":
+            sidecar["load_with"] = SAM2_LOADERS[format]
+            sidecar["video_parts"] = {"tensors": carried, "in_this_export": False}
     if format == "transformers":  # the files lie in <stem>/, beside the sidecar
         for name in written:
             sidecar["files"][name]["path"] = f"{stem.name}/{written[name].name}"
@@ -171,6 +176,12 @@ def export_checkpoint(
     sidecar_path = stem.with_name(stem.name + ".json")
     written["sidecar"] = write_json_atomic(sidecar_path, _merge_sidecar(sidecar_path, sidecar))
     return written
+
+
+SAM2_LOADERS = {
+    "transformers": "transformers.Sam2Model.from_pretrained(FOLDER) (and Sam2Processor), or "
+    "samft.weights.load_sam(FOLDER)",
+}
 
 
 def _merge_sidecar(path: Path, new: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,10 @@ from samft.weights import transformers_layout as hf
 from samft.weights.files import CheckpointError, is_tensor_dict, load_tensor_file
 from samft.weights.known import resolve_checkpoint
 from samft.weights.sam2_layout import is_sam2_key
+from samft.weights.transformers_sam2_map import (
+    is_transformers_sam2_state_dict,
+    transformers_to_sam2,
+)
 
 SAM_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 WRAPPER_PREFIXES = ("module.", "model.")
@@ -38,8 +42,9 @@ def read_state_dict(path: str | Path, cache_dir: str | Path | None = None) -> di
 
     `path` may also name known weights (`sam_vit_b`, `litemedsam`, ...: see
     `samft.weights.known`), fetched into `cache_dir` on first use. A folder, or a file
-    beside a SAM `config.json`, is read as a transformers `SamModel` checkpoint
-    (`samft.weights.transformers_layout`).
+    beside a SAM `config.json`, is read as a transformers `SamModel` / `Sam2Model`
+    checkpoint (`samft.weights.transformers_layout`); a `Sam2Model` weights file alone is
+    recognised from its keys (the variant comes from the shapes).
     """
     path = resolve_checkpoint(path, cache_dir)
     if path.is_dir() or hf.is_transformers_checkpoint(path):  # a transformers SamModel
@@ -47,6 +52,11 @@ def read_state_dict(path: str | Path, cache_dir: str | Path | None = None) -> di
     container = load_tensor_file(path)
     state_dict, is_lightning = _unwrap(container, path)
     state_dict = _strip_prefixes(state_dict, path, drop_others=is_lightning)
+    if is_transformers_sam2_state_dict(state_dict):  # a Sam2Model's weights, without folder
+        try:
+            return transformers_to_sam2(state_dict)
+        except CheckpointError as err:
+            raise CheckpointError(f"checkpoint {path}: {err}") from None
     if has_lora_keys(state_dict):
         try:
             state_dict = merge_lora_state_dict(state_dict)

@@ -1,11 +1,15 @@
-"""Hugging Face transformers' `SamModel` checkpoints: read them, and write them.
+"""Hugging Face transformers' `SamModel` and `Sam2Model` checkpoints: read them, and write them.
 
 A transformers SAM checkpoint is a folder (e.g. `facebook/sam-vit-base`): `config.json`
-(`model_type` "sam"), the weights (`model.safetensors`, `pytorch_model.bin`, or shards
-listed by a `*.index.json`) and `preprocessor_config.json` for `SamProcessor`.
-`read_transformers_checkpoint` returns the official layout; `write_transformers_checkpoint`
-writes a folder that `SamModel.from_pretrained` and `SamProcessor.from_pretrained` load.
-Keys and configs come from `samft.weights.transformers_map`; transformers itself is not needed.
+(`model_type` "sam", or "sam2" for SAM 2's `Sam2Model`), the weights
+(`model.safetensors`, `pytorch_model.bin`, or shards listed by a `*.index.json`) and
+`preprocessor_config.json` for `SamProcessor` / `Sam2Processor`.
+`read_transformers_checkpoint` returns the official layout (Meta's `sam2` keys for SAM 2);
+`write_transformers_checkpoint` writes a folder that `SamModel.from_pretrained` (or
+`Sam2Model.from_pretrained`) and the processor load. Keys and configs come from
+`samft.weights.transformers_map` (SAM) and `samft.weights.transformers_sam2_map` (SAM 2);
+transformers itself is not needed. A SAM 2 export holds the image model only: `Sam2Model`
+has no place for Meta's video parts (the official export keeps them).
 
 The written config sets the mask decoder's `layer_norm_eps` to 1e-5, the eps of the
 official decoder's LayerNorms (transformers' default is 1e-6), so `SamModel` computes
@@ -24,7 +28,7 @@ from typing import Any
 import safetensors.torch
 from torch import Tensor
 
-from samft.model.registry import SamHyperParams, get_hyper_params
+from samft.model.registry import Sam2HyperParams, SamHyperParams, get_hyper_params
 from samft.model.sam import PIXEL_MEAN, PIXEL_STD
 from samft.weights.files import (
     CheckpointError,
@@ -38,6 +42,18 @@ from samft.weights.transformers_map import (
     preprocessor_config,
     transformers_config,
     transformers_to_official,
+)
+from samft.weights.transformers_sam2_map import (
+    CHECKED_FIELDS as SAM2_CHECKED_FIELDS,
+)
+from samft.weights.transformers_sam2_map import (
+    MODEL_TYPE as SAM2_MODEL_TYPE,
+)
+from samft.weights.transformers_sam2_map import (
+    sam2_preprocessor_config,
+    sam2_to_transformers,
+    sam2_transformers_config,
+    transformers_to_sam2,
 )
 
 __all__ = [
@@ -62,6 +78,7 @@ WEIGHT_FILES = (
 )
 # what an earlier export (or `save_pretrained`) leaves in a folder we may replace
 REPLACEABLE = {CONFIG, PREPROCESSOR, "processor_config.json", *WEIGHT_FILES}
+MODEL_TYPES = ("sam", SAM2_MODEL_TYPE)  # SamModel, Sam2Model
 # config fields the tensor shapes do not show, checked against the variant on reading
 CHECKED_FIELDS = {
     "vision_config": ("global_attn_indexes", "window_size", "use_abs_pos", "use_rel_pos"),
@@ -83,11 +100,11 @@ def is_transformers_checkpoint(path: str | Path) -> bool:
     path = Path(path)
     if path.is_dir():
         return (path / CONFIG).is_file()
-    return path.is_file() and _model_type(path.parent / CONFIG) == "sam"
+    return path.is_file() and _model_type(path.parent / CONFIG) in MODEL_TYPES
 
 
 def read_transformers_config(folder: Path) -> dict[str, Any]:
-    """`folder/config.json`, checked to be transformers' SAM."""
+    """`folder/config.json`, checked to be transformers' SAM or SAM 2."""
     config_path = folder / CONFIG
     if not config_path.is_file():
         raise CheckpointError(
@@ -99,10 +116,13 @@ def read_transformers_config(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot read {config_path}: {err}") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type != "sam":
+    if model_type not in MODEL_TYPES:
+        video = (
+            " (Sam2VideoModel: not read yet; use Meta's .pt)" if model_type == "sam2_video" else ""
+        )
         raise CheckpointError(
-            f"{config_path} describes model_type={model_type!r}, not transformers' SAM "
-            "(model_type 'sam')"
+            f"{config_path} describes model_type={model_type!r}{video}, not transformers' SAM "
+            "(model_type 'sam') or SAM 2 (model_type 'sam2')"
         )
     return config
 
@@ -121,7 +141,8 @@ def transformers_weights_path(path: str | Path) -> Path:
 
 
 def read_transformers_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """The SAM weights of a transformers checkpoint (folder or weights file), official keys."""
+    """The SAM weights of a transformers checkpoint (folder or weights file), official keys
+    (Meta's `sam2` keys for a `Sam2Model`)."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     config = read_transformers_config(folder)
@@ -139,8 +160,9 @@ def read_transformers_checkpoint(path: str | Path) -> dict[str, Tensor]:
         if not is_tensor_dict(container):
             raise CheckpointError(f"checkpoint {file} is not a flat dict of tensors")
         state_dict.update(container)
+    is_sam2 = config["model_type"] == SAM2_MODEL_TYPE
     try:
-        state_dict = transformers_to_official(state_dict)
+        state_dict = (transformers_to_sam2 if is_sam2 else transformers_to_official)(state_dict)
     except CheckpointError as err:
         raise CheckpointError(f"checkpoint {weights}: {err}") from None
     _check_config(config, state_dict, folder / CONFIG)
@@ -154,17 +176,30 @@ def _check_config(config: Mapping[str, Any], state_dict: Mapping[str, Tensor], w
         variant = infer_variant(state_dict)
     except CheckpointError:
         return  # no known variant: the loader says so, with the shapes it found
-    expected = transformers_config(get_hyper_params(variant), infer_image_size(state_dict))
-    for part, fields in CHECKED_FIELDS.items():
-        given = config.get(part) or {}
-        for field in fields:
-            value = given.get(field, expected[part][field])
-            value = list(value) if isinstance(value, (list, tuple)) else value
-            if value != expected[part][field]:
-                raise CheckpointError(
-                    f"{where}: {part}.{field}={value!r}, but its weights have the shapes of "
-                    f"samft's '{variant}', which has {expected[part][field]!r}"
-                )
+    hp = get_hyper_params(variant)
+    if isinstance(hp, Sam2HyperParams):
+        expected = sam2_transformers_config(hp)
+        paths = SAM2_CHECKED_FIELDS
+    else:
+        expected = transformers_config(hp, infer_image_size(state_dict))
+        paths = tuple((part, f) for part, fields in CHECKED_FIELDS.items() for f in fields)
+    for path in paths:
+        value, want = _field(config, path), _field(expected, path)
+        value = want if value is None else value
+        value = list(value) if isinstance(value, (list, tuple)) else value
+        if value != want:
+            raise CheckpointError(
+                f"{where}: {'.'.join(path)}={value!r}, but its weights have the shapes of "
+                f"samft's '{variant}', which has {want!r}"
+            )
+
+
+def _field(config: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """`config[path[0]][path[1]]...`, None where a level is missing (a default)."""
+    value: Any = config
+    for name in path:
+        value = value.get(name) if isinstance(value, Mapping) else None
+    return value
 
 
 # ---------------------------------------------------------------------------- writing
@@ -172,14 +207,17 @@ def write_transformers_checkpoint(
     state_dict: Mapping[str, Tensor],
     folder: str | Path,
     image_size: int | None = None,
-    hyper_params: SamHyperParams | None = None,
+    hyper_params: SamHyperParams | Sam2HyperParams | None = None,
     pixel_mean: Sequence[float] = PIXEL_MEAN,
     pixel_std: Sequence[float] = PIXEL_STD,
 ) -> dict[str, Path]:
-    """Write official-layout weights (LoRA already merged) as a transformers folder.
+    """Write official-layout weights (LoRA already merged) as a transformers folder: a
+    `SamModel`, or a `Sam2Model` for SAM 2 weights (their video parts left out).
 
-    `image_size` None keeps the size of the weights; another resamples the position
-    embeddings. `hyper_params` None infers the variant from the shapes. The folder is
+    `image_size` None keeps the size of the weights; another resamples a ViT's position
+    embeddings (Hiera runs at any multiple of its stride). `pixel_mean` / `pixel_std`
+    are SAM's (SAM 2's ImageNet statistics are fixed). `hyper_params` None infers the
+    variant from the shapes. The folder is
     written beside its target and renamed into place; an existing one is replaced only
     if it is empty or holds nothing but an earlier export. Returns the paths of
     "config", "weights" and "preprocessor".
@@ -188,14 +226,20 @@ def write_transformers_checkpoint(
     hp = hyper_params or get_hyper_params(infer_variant(state_dict))
     saved = infer_image_size(state_dict)
     size = int(image_size or saved)
-    if size != saved:
-        state_dict = resize_position_embeddings(state_dict, size, hp.encoder_global_attn_indexes)
-    tensors = independent_tensors(official_to_transformers(state_dict))
-    dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-    files = {
-        CONFIG: transformers_config(hp, size, dtype),
-        PREPROCESSOR: preprocessor_config(size, pixel_mean, pixel_std),
-    }
+    if isinstance(hp, Sam2HyperParams):
+        tensors = independent_tensors(sam2_to_transformers(state_dict))
+        config = sam2_transformers_config(hp, size, _dtype(tensors))
+        files = {CONFIG: config, PREPROCESSOR: sam2_preprocessor_config(size)}
+    else:
+        if size != saved:
+            state_dict = resize_position_embeddings(
+                state_dict, size, hp.encoder_global_attn_indexes
+            )
+        tensors = independent_tensors(official_to_transformers(state_dict))
+        files = {
+            CONFIG: transformers_config(hp, size, _dtype(tensors)),
+            PREPROCESSOR: preprocessor_config(size, pixel_mean, pixel_std),
+        }
     _check_replaceable(folder)
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -227,13 +271,17 @@ def write_transformers_checkpoint(
     }
 
 
+def _dtype(tensors: Mapping[str, Tensor]) -> str:
+    return str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+
+
 def _check_replaceable(folder: Path) -> None:
     if not folder.exists():
         return
     if not folder.is_dir():
         raise CheckpointError(f"cannot write a transformers checkpoint to {folder}: it is a file")
     names = {entry.name for entry in folder.iterdir()}
-    if names and not (names <= REPLACEABLE and _model_type(folder / CONFIG) == "sam"):
+    if names and not (names <= REPLACEABLE and _model_type(folder / CONFIG) in MODEL_TYPES):
         raise CheckpointError(
             f"cannot write a transformers checkpoint to {folder}: the folder exists and holds "
             f"other files than an earlier export ({', '.join(sorted(names)[:6])}); choose "

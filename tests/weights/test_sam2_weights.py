@@ -36,7 +36,7 @@ from samft.weights import (
 )
 from samft.weights.export import export_checkpoint
 from samft.weights.known import KNOWN_WEIGHTS, known_entry, resolve_checkpoint
-from samft.weights.sam2_layout import META_CONFIGS
+from samft.weights.sam2_layout import META_CONFIGS, video_keys
 from samft.weights.shapes import infer_image_size, infer_variant
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -226,10 +226,22 @@ def test_meta_loads_the_export_strictly_and_answers_alike(
             np.testing.assert_allclose(g, w, atol=ATOL, rtol=0)
 
 
-def test_onnx_and_transformers_exports_say_sam2_is_not_there_yet(meta_file, tmp_path):
-    for fmt in ("onnx", "transformers"):
-        with pytest.raises(ValueError, match=f"format={fmt} is not available for SAM 2"):
-            export_checkpoint(meta_file, tmp_path / fmt, format=fmt)
+def test_a_transformers_export_of_meta_s_file_leaves_the_video_parts_out(meta_file, tmp_path):
+    """Sam2Model is the image model: the export loads in it strictly, the sidecar counts
+    the video tensors it could not take, and samft reads back Meta's image model exactly."""
+    transformers = pytest.importorskip("transformers")
+    written = export_checkpoint(meta_file, tmp_path / "hf", format="transformers")
+    folder = written["transformers_weights"].parent
+    _, info = transformers.Sam2Model.from_pretrained(folder, output_loading_info=True)
+    assert not any(info.values()), info
+    sidecar = json.loads(written["sidecar"].read_text())
+    video = video_keys(read_state_dict(meta_file))
+    assert video and sidecar["video_parts"] == {"tensors": len(video), "in_this_export": False}
+    back = read_state_dict(folder)
+    meta_image = {k: v for k, v in read_state_dict(meta_file).items() if k not in video}
+    assert back.keys() == meta_image.keys()
+    for key, value in meta_image.items():
+        torch.testing.assert_close(back[key], value, atol=0, rtol=0, msg=key)
 
 
 # --- known weights by name ------------------------------------------------------------------
