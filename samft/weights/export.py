@@ -21,8 +21,8 @@ video parts it carries, bit for bit, so Meta's `build_sam2` and
 `build_sam2_video_predictor` load it strictly with the variant's config; its sidecar also
 records SAM 2's preprocessing (`preprocessing`), Meta's config and the video parts.
 Its `format=transformers` export is a `Sam2Model` folder (the image model: `Sam2Model` has
-no place for the video parts, which the sidecar counts as left out); ONNX is for SAM only
-(so far).
+no place for the video parts, which the sidecar counts as left out); its `format=onnx`
+export takes the three feature levels (`samft.weights.onnx`).
 """
 
 from __future__ import annotations
@@ -100,12 +100,6 @@ def export_checkpoint(
 
     state_dict, found_variant = read_sam_state_dict(checkpoint, variant)
     is_sam2 = isinstance(get_hyper_params(found_variant), Sam2HyperParams)
-    if is_sam2 and format == "onnx":
-        raise ValueError(
-            f"export format={format} is not available for SAM 2 ('{found_variant}' in "
-            f"{checkpoint}) yet; use format=official (Meta's .pth and .safetensors), pth, "
-            "safetensors or transformers"
-        )
     if format == "transformers" and get_hyper_params(found_variant).encoder == "tiny_vit":
         raise ValueError(
             f"export format=transformers: transformers' SamModel has only SAM's ViT image "
@@ -149,26 +143,14 @@ def export_checkpoint(
     if is_sam2:
         carried = len(video_keys(state_dict))
         sidecar.update(sam2_sidecar(found_variant, image_size, carried))
-        if format == "transformers":
+        if format in ("transformers", "onnx"):
             sidecar["load_with"] = SAM2_LOADERS[format]
             sidecar["video_parts"] = {"tensors": carried, "in_this_export": False}
     if format == "transformers":  # the files lie in <stem>/, beside the sidecar
         for name in written:
             sidecar["files"][name]["path"] = f"{stem.name}/{written[name].name}"
     if format == "onnx":
-        sidecar["onnx"] = {
-            "opset": 17,
-            "return_single_mask": return_single_mask,
-            "encoder_input": "image 1x3xhxw float32 RGB 0..255, long side = image_size",
-            "decoder_inputs": [
-                "image_embeddings",
-                "point_coords",
-                "point_labels",
-                "mask_input",
-                "has_mask_input",
-                "orig_im_size",
-            ],
-        }
+        sidecar["onnx"] = onnx_sidecar(is_sam2, return_single_mask)
     if head is not None:
         sidecar[HEAD_KEY] = sidecar_entry(written["instance_head"], head[0])
         if head[1].get("thresholds"):  # an export of an export keeps its chosen thresholds
@@ -181,7 +163,29 @@ def export_checkpoint(
 SAM2_LOADERS = {
     "transformers": "transformers.Sam2Model.from_pretrained(FOLDER) (and Sam2Processor), or "
     "samft.weights.load_sam(FOLDER)",
+    "onnx": "onnxruntime.InferenceSession(PATH) (samft.weights.onnx: inputs and outputs)",
 }
+
+
+def onnx_sidecar(is_sam2: bool, return_single_mask: bool) -> dict[str, Any]:
+    """The sidecar's `onnx` entry: opset, the mask choice and the models' inputs."""
+    from samft.weights.onnx import DECODER_INPUTS, OPSET, SAM2_DECODER_INPUTS
+
+    if is_sam2:
+        encoder_input = (
+            "image 1x3xSxS float32 RGB 0..255, resized to image_size x image_size "
+            "(bilinear, antialiased)"
+        )
+        inputs = SAM2_DECODER_INPUTS
+    else:
+        encoder_input = "image 1x3xhxw float32 RGB 0..255, long side = image_size"
+        inputs = DECODER_INPUTS
+    return {
+        "opset": OPSET,
+        "return_single_mask": return_single_mask,
+        "encoder_input": encoder_input,
+        "decoder_inputs": list(inputs),
+    }
 
 
 def _merge_sidecar(path: Path, new: dict[str, Any]) -> dict[str, Any]:

@@ -23,8 +23,31 @@ The encoder model takes `image 1 x 3 x h x w` float32 RGB in [0, 255], already r
 so its long side is S (`samft.model.transforms.ResizeLongestSide`), with dynamic h and w, and
 normalises and pads it itself (`Sam.preprocess`).
 
-Both wrappers call the parts of samft's `Sam`; nothing of the pre- or post-processing
-is re-implemented except where tracing needs the sizes as tensors.
+SAM 2 (a `Sam2`) exports the same two models with its three feature levels:
+
+    decoder  image_embeddings  1 x C x S/16 x S/16   the S/16 level, `no_mem_embed` added
+             high_res_feats_0  1 x C/8 x S/4 x S/4   the S/4 level through `conv_s0`
+             high_res_feats_1  1 x C/4 x S/8 x S/8   the S/8 level through `conv_s1`
+             point_coords, point_labels, mask_input (1 x 1 x S/4 x S/4), has_mask_input,
+             orig_im_size      as above; points in SAM 2's input frame, the S x S square:
+                               (x * S / W, y * S / H). A box is two points labelled 2 and 3
+                               before the clicks, and the padding point (0, 0) with label
+                               -1 always ends the points (as Meta's predictor sends them).
+    outputs  masks             1 x M x H x W   logits, resized straight from the square
+             iou_predictions   1 x M
+             low_res_masks     1 x M x S/4 x S/4, clamped to +-32 as Meta's predictor
+                               returns them (feed them back as `mask_input`)
+             object_score_logits 1 x 1         > 0: the object is in the image
+
+With `return_single_mask`, M = 1 chosen as for SAM (best multimask output for one click,
+else output 0, which for SAM 2 is already Meta's single-mask answer with its stability
+fallback); without it, M = 4. The encoder model takes `image 1 x 3 x S x S` float32 RGB in
+[0, 255], already resized to the square (bilinear with antialiasing, as
+`torch.nn.functional.interpolate(..., antialias=True)`: ONNX opset 17 has no
+antialiased resize), and returns the three levels under the decoder's input names.
+
+The wrappers call the parts of samft's `Sam` / `Sam2`; nothing of the pre- or
+post-processing is re-implemented except where tracing needs the sizes as tensors.
 """
 
 from __future__ import annotations
@@ -42,6 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from samft.model.sam import Sam
+from samft.model.sam2 import Sam2, Sam2Features
 
 OPSET = 17
 DECODER_INPUTS = (
@@ -53,6 +77,9 @@ DECODER_INPUTS = (
     "orig_im_size",
 )
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+SAM2_FEATURES = ("image_embeddings", "high_res_feats_0", "high_res_feats_1")
+SAM2_DECODER_INPUTS = (*SAM2_FEATURES, *DECODER_INPUTS[1:])
+SAM2_DECODER_OUTPUTS = (*DECODER_OUTPUTS, "object_score_logits")
 ONNX_MISSING = (
     'format=onnx needs the onnx package, which is not installed: pip install "samft[onnx]" '
     "(onnx and onnxruntime)"
@@ -150,6 +177,58 @@ class PromptMaskDecoderOnnx(nn.Module):
         return self.postprocess(low_res, orig_im_size), scores, low_res
 
 
+class Sam2PromptMaskDecoderOnnx(PromptMaskDecoderOnnx):
+    """SAM 2's prompt encoder + mask decoder + postprocessing: the three feature levels
+    in, the object score out as well (module doc)."""
+
+    sam: Sam2
+
+    def postprocess(self, low_res: Tensor, orig_im_size: Tensor) -> Tensor:
+        """`1 x M x S/4 x S/4` -> `1 x M x H x W`, as `Sam2.postprocess_masks` (the input
+        frame is the whole square: nothing to crop) with tensor sizes."""
+        original = orig_im_size.to(torch.int64)
+        return F.interpolate(
+            low_res, size=(original[0], original[1]), mode="bilinear", align_corners=False
+        )
+
+    @torch.no_grad()
+    def forward(  # type: ignore[override]
+        self,
+        image_embeddings: Tensor,
+        high_res_feats_0: Tensor,
+        high_res_feats_1: Tensor,
+        point_coords: Tensor,
+        point_labels: Tensor,
+        mask_input: Tensor,
+        has_mask_input: Tensor,
+        orig_im_size: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        sparse = self.embed_points(point_coords, point_labels)
+        dense = self.embed_mask(mask_input, has_mask_input)
+        features = Sam2Features(image_embeddings, (high_res_feats_0, high_res_feats_1))
+        image_index = torch.zeros(1, dtype=torch.long)
+        low_res, scores, object_score = self.sam.decode_all(features, sparse, dense, image_index)
+        if self.return_single_mask:
+            low_res, scores = self.select_single_mask(low_res, scores, point_coords.shape[1])
+        masks = self.postprocess(low_res, orig_im_size)
+        clamp = self.sam.low_res_clamp
+        low_res = low_res.clamp(-clamp, clamp) if clamp is not None else low_res
+        return masks, scores, low_res, object_score
+
+
+class Sam2ImageEncoderOnnx(nn.Module):
+    """`1 x 3 x S x S` float RGB in [0, 255], already resized to the square -> the three
+    feature levels (`Sam2Features.to_tensors`: S/16, S/4, S/8)."""
+
+    def __init__(self, sam: Sam2) -> None:
+        super().__init__()
+        self.sam = sam
+
+    @torch.no_grad()
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.sam.encode(self.sam.normalize(image / 255)).to_tensors()
+
+
 class ImageEncoderOnnx(nn.Module):
     """`1 x 3 x h x w` float RGB in [0, 255], input frame -> `1 x C x S/16 x S/16`."""
 
@@ -162,13 +241,17 @@ class ImageEncoderOnnx(nn.Module):
         return self.sam.image_encoder(self.sam.preprocess(image))
 
 
-def decoder_example_inputs(sam: Sam, num_points: int = 2) -> tuple[Tensor, ...]:
+def decoder_example_inputs(sam: Sam | Sam2, num_points: int = 2) -> tuple[Tensor, ...]:
     """Inputs of the decoder model's shapes, used for tracing and in tests."""
     pe = sam.prompt_encoder
     h, w = pe.image_embedding_size
     size = sam.image_size
+    C = pe.embed_dim
+    features: tuple[Tensor, ...] = (torch.randn(1, C, h, w),)
+    if isinstance(sam, Sam2):
+        features += (torch.randn(1, C // 8, 4 * h, 4 * w), torch.randn(1, C // 4, 2 * h, 2 * w))
     return (
-        torch.randn(1, pe.embed_dim, h, w),
+        *features,
         torch.randint(0, size, (1, num_points, 2)).float(),
         torch.randint(0, 4, (1, num_points)).float(),
         torch.randn(1, 1, 4 * h, 4 * w),
@@ -177,24 +260,34 @@ def decoder_example_inputs(sam: Sam, num_points: int = 2) -> tuple[Tensor, ...]:
     )
 
 
-def export_decoder(sam: Sam, path: str | Path, return_single_mask: bool = True) -> Path:
+def export_decoder(sam: Sam | Sam2, path: str | Path, return_single_mask: bool = True) -> Path:
     """Write the prompt encoder + mask decoder model (dynamic N) to `path`."""
-    wrapper = PromptMaskDecoderOnnx(sam, return_single_mask).eval()
+    if isinstance(sam, Sam2):
+        wrapper: nn.Module = Sam2PromptMaskDecoderOnnx(sam, return_single_mask)
+        names = (SAM2_DECODER_INPUTS, SAM2_DECODER_OUTPUTS)
+    else:
+        wrapper = PromptMaskDecoderOnnx(sam, return_single_mask)
+        names = (DECODER_INPUTS, DECODER_OUTPUTS)
     dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
     dynamic["masks"] = {2: "height", 3: "width"}
     return _export(
-        wrapper,
+        wrapper.eval(),
         decoder_example_inputs(sam),
         path,
-        list(DECODER_INPUTS),
-        list(DECODER_OUTPUTS),
+        list(names[0]),
+        list(names[1]),
         dynamic,
     )
 
 
-def export_encoder(sam: Sam, path: str | Path) -> Path:
-    """Write the image encoder model (dynamic input height and width) to `path`."""
+def export_encoder(sam: Sam | Sam2, path: str | Path) -> Path:
+    """Write the image encoder model to `path`: dynamic input height and width for SAM,
+    the fixed S x S square for SAM 2."""
     size = sam.image_size
+    if isinstance(sam, Sam2):
+        example = torch.randint(0, 256, (1, 3, size, size)).float()
+        wrapper = Sam2ImageEncoderOnnx(sam).eval()
+        return _export(wrapper, (example,), path, ["image"], list(SAM2_FEATURES), {})
     example = torch.randint(0, 256, (1, 3, size, (size * 3) // 4)).float()
     dynamic = {"image": {2: "height", 3: "width"}}
     return _export(
@@ -202,7 +295,9 @@ def export_encoder(sam: Sam, path: str | Path) -> Path:
     )
 
 
-def export_onnx(sam: Sam, stem: str | Path, return_single_mask: bool = True) -> dict[str, Path]:
+def export_onnx(
+    sam: Sam | Sam2, stem: str | Path, return_single_mask: bool = True
+) -> dict[str, Path]:
     """Both models beside each other: `<stem>.encoder.onnx` and `<stem>.decoder.onnx`."""
     require_onnx()
     stem = Path(stem)

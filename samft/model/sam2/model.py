@@ -128,7 +128,11 @@ class Sam2(nn.Module):
         x = images.float() / 255
         size = (self.image_size, self.image_size)
         x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
-        return (x - self.pixel_mean) / self.pixel_std
+        return self.normalize(x)
+
+    def normalize(self, pixels: Tensor) -> Tensor:
+        """`B x 3 x h x w` [0, 1] RGB -> minus mean over std (`preprocess`'s last step)."""
+        return (pixels - self.pixel_mean) / self.pixel_std
 
     def encode(self, x: Tensor) -> Sam2Features:
         """`B x 3 x S x S` preprocessed images -> the decoder's features (`Sam2Features`)."""
