@@ -302,3 +302,48 @@ def test_untied_fourier_matrices_and_a_bad_point_table(hf_folder, tmp_path):
     _copy_folder(folder, tmp_path, tensors={**hf, "lm_head.weight": torch.zeros(2)})
     with pytest.raises(CheckpointError, match=r"not in transformers' Sam2Model layout: lm_head"):
         read_state_dict(tmp_path)
+
+
+# ---------------------------------------------------------------------------- real config
+@pytest.mark.slow
+def test_transformers_own_hiera_t_folder_loads_with_the_same_outputs(tmp_path):
+    """transformers' own `Sam2Config()` (SAM 2.1 hiera tiny at 1024 px, built by
+    transformers, not from samft's config) with random weights: samft reads the folder as
+    `sam2.1_hiera_t`, and its export goes back into `Sam2Model` strictly, same outputs."""
+    torch.manual_seed(0)
+    model = _tie(perturb_(Sam2Model(Sam2Config()), seed=8)).eval()
+    model.save_pretrained(tmp_path / "hf")
+    sam = load_sam(tmp_path / "hf")
+    assert sam.image_size == 1024 and len(sam.image_encoder.trunk.blocks) == 12
+    pixels = torch.randn(1, 3, 1024, 1024, generator=torch.Generator().manual_seed(9))
+    points = POINTS * 4  # the prompts above, in the 1024 px frame
+    boxes = BOXES * 4
+    with torch.no_grad():
+        features = sam.encode(pixels)
+        levels = model.get_image_embeddings(pixels)
+        worst = {
+            f"level{k}": (a - b).abs().max().item()
+            for k, (a, b) in enumerate(
+                zip((*features.high_res, features.image_embed), levels, strict=True)
+            )
+        }
+        for multimask in (True, False):
+            for name, prompt in {
+                "points": (points, LABELS, None),
+                "box": (None, None, boxes),
+            }.items():
+                ours = sam.decode(features, *prompt, None, multimask)
+                theirs = _hf_outputs(model, levels, *prompt, None, multimask)
+                for what, a, b in zip(("masks", "iou", "object_score"), ours, theirs, strict=True):
+                    worst[f"{name}/{what}/multimask={multimask}"] = (a - b).abs().max().item()
+    print("transformers' hiera_t folder -> samft, max |diff|:", max(worst.values()))
+    assert max(worst.values()) < TOL, worst
+
+    written = export_checkpoint(tmp_path / "hf", tmp_path / "out" / "t", format="transformers")
+    _, info = Sam2Model.from_pretrained(
+        written["transformers_weights"].parent, output_loading_info=True
+    )
+    assert not any(info.values()), info
+    exported = safetensors.torch.load_file(written["transformers_weights"])
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(exported[key], value, atol=0, rtol=0, msg=key)
