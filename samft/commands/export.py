@@ -1,6 +1,7 @@
 """`python -m samft export checkpoint=RUN.ckpt output=FILE [format=...]`.
 
-format: official (.pth and .safetensors, the default), pth, safetensors or onnx. The work
+format: official (.pth and .safetensors, the default), pth, safetensors, onnx or transformers
+(a `SamModel`, or `Sam2Model` for SAM 2, folder). The work
 is `samft.weights.export.export_checkpoint`; this file only reads the config.
 """
 
