@@ -27,9 +27,9 @@ model's `prepare_decoder`), and the points of a call go through the decoder toge
 (`decode_prepared`: the crop's tokens are never repeated per prompt); the IoU filter runs on
 the low-res outputs, so only the masks that pass it are brought to the crop's size
 (`masks_to_original`), where the stability score is computed as the official generators
-compute it (on the upscaled logits: on low-res logits it would differ); boxes, the edge filter and RLEs are computed for all
-masks of a call at once. On the CPU the calls are kept small enough to avoid page faults
-(`CPU_CALL_BYTES`).
+compute it (on the upscaled logits: on low-res logits it would differ); boxes, the edge
+filter and RLEs are computed for all masks of a call at once. On the CPU the calls are
+kept small enough to avoid page faults (`CPU_CALL_BYTES`).
 """
 
 from __future__ import annotations

@@ -123,7 +123,6 @@ class PromptableSam(Protocol):
         """Low-res logits `N x M x s x s` -> logits `N x M x H x W`, original frame."""
         ...
 
-
     def transform_grid_points(self, points: np.ndarray, original_size: Sequence[int]) -> Tensor:
         """`P x 2` float64 (x, y) pixels, original frame -> `P x 2`, input frame, on the
         model's device, in the precision of the generation's official generator."""
