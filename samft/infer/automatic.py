@@ -1,13 +1,15 @@
 """Segment everything: prompt a SAM with a grid of points and keep the good, distinct masks.
 
-The algorithm of the official `SamAutomaticMaskGenerator` (SAM) and `SAM2AutomaticMaskGenerator`
-(SAM 2), with the same parameters and records, on any samft `Sam` or `Sam2`. The two official
-generators differ only in their default `pred_iou_thresh` (0.88 and 0.8: each model's
-`automatic_thresholds`) and in how they move the grid's points to the input frame
-(`transform_grid_points`); SAM 2's also offers refinement passes (`use_m2m`, off by default)
-that samft does not. Everything else the model's side of `samft.model.promptable` does. For
-each crop (the whole image, plus 2^i x 2^i overlapping crops
-per extra layer) the image is encoded once; every grid point is a single positive click with
+The algorithm of the official `SamAutomaticMaskGenerator` (SAM) and
+`SAM2AutomaticMaskGenerator` (SAM 2), with the same parameters and records, on any samft
+`Sam` or `Sam2`. The two official generators differ in their default `pred_iou_thresh`
+(0.88 and 0.8: each model's `automatic_thresholds`) and in how they move the grid's points
+to the input frame (`transform_grid_points`); SAM 2's also offers refinement passes
+(`use_m2m`, off by default) that samft does not, and cleans small regions
+(`min_mask_region_area`) on the low-res logits with a CUDA extension, which samft refuses
+(`automatic_region_cleanup`). The model's side of `samft.model.promptable` does the rest.
+For each crop (the whole image, plus 2^i x 2^i overlapping crops per extra layer) the image
+is encoded once; every grid point is a single positive click with
 three (multimask) answers. Masks are kept when their predicted IoU is above
 `pred_iou_thresh`, their stability score at least `stability_score_thresh`, and they do not
 touch an inner crop edge; box NMS then removes duplicates within a crop, then across crops.
@@ -133,6 +135,12 @@ class AutomaticMaskGenerator:
             raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
         if not 0.0 <= covered_thresh <= 1.0:
             raise ValueError(f"covered_thresh must be in [0, 1], got {covered_thresh}")
+        if min_mask_region_area > 0 and not sam.automatic_region_cleanup:
+            raise ValueError(
+                f"min_mask_region_area={min_mask_region_area} with a SAM 2 model: Meta's SAM 2 "
+                "generator fills holes and removes specks on the low-res masks (a CUDA "
+                "extension), which samft does not reproduce; use min_mask_region_area=0"
+            )
         self.predictor = SamPredictor(sam)
         self.point_grids = grids
         self.points_per_batch = int(points_per_batch)

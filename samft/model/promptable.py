@@ -24,6 +24,9 @@ more, each what the generation's official generator does:
 step                   Sam                                         Sam2
 =====================  ==========================================  =============================
 automatic_thresholds   pred_iou 0.88, stability 0.95               pred_iou 0.8, stability 0.95
+automatic_region_      True: holes and islands of the kept masks   False: Meta's runs on the
+cleanup                                                            low-res logits (CUDA), not
+                                                                   reproduced: refused
 transform_grid_points  float64 (numpy's arithmetic)                float32
 prepare_decoder        the transformer's image work, once          the same, and the 2 levels
 decode_prepared        clicks on it; only the masks asked for      clicks on it; all 4, then
@@ -75,6 +78,8 @@ class PromptableSam(Protocol):
     low_res_clamp: float | None  # the predictor clamps the low-res logits it returns
     # the official automatic mask generator's pred_iou_thresh and stability_score_thresh
     automatic_thresholds: Mapping[str, float]
+    # whether the official generator's min_mask_region_area is the clean-up samft runs
+    automatic_region_cleanup: bool
 
     @property
     def device(self) -> torch.device: ...

@@ -61,6 +61,8 @@ class Sam(nn.Module):
     automatic_thresholds: Mapping[str, float] = MappingProxyType(
         {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}
     )
+    # its min_mask_region_area: holes and islands of the kept masks, then NMS again
+    automatic_region_cleanup: bool = True
 
     def __init__(
         self,

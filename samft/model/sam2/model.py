@@ -85,6 +85,9 @@ class Sam2(nn.Module):
     image_format: str = "RGB"
     low_res_clamp: float | None = LOW_RES_CLAMP
     automatic_thresholds: Mapping[str, float] = AUTOMATIC_THRESHOLDS  # `samft.infer.automatic`
+    # Meta's SAM 2 generator cleans small regions on the low-res logits instead (a CUDA
+    # extension), which samft does not reproduce: min_mask_region_area is refused
+    automatic_region_cleanup: bool = False
     normalization: str = "imagenet"  # [0, 1] pixels, ImageNet mean/std (`preprocess`)
     resize_interpolation: str = SQUARE_RESIZE  # to the S x S square (`samft.model.transforms`)
 
