@@ -1,8 +1,15 @@
 """Segment everything: prompt a SAM with a grid of points and keep the good, distinct masks.
 
-The algorithm of the official `SamAutomaticMaskGenerator`, with the same parameters and
-records, on any samft `Sam`. For each crop (the whole image, plus 2^i x 2^i overlapping crops
-per extra layer) the image is encoded once; every grid point is a single positive click with
+The algorithm of the official `SamAutomaticMaskGenerator` (SAM) and
+`SAM2AutomaticMaskGenerator` (SAM 2), with the same parameters and records, on any samft
+`Sam` or `Sam2`. The two official generators differ in their default `pred_iou_thresh`
+(0.88 and 0.8: each model's `automatic_thresholds`) and in how they move the grid's points
+to the input frame (`transform_grid_points`); SAM 2's also offers refinement passes
+(`use_m2m`, off by default) that samft does not, and cleans small regions
+(`min_mask_region_area`) on the low-res logits with a CUDA extension, which samft refuses
+(`automatic_region_cleanup`). The model's side of `samft.model.promptable` does the rest.
+For each crop (the whole image, plus 2^i x 2^i overlapping crops per extra layer) the image
+is encoded once; every grid point is a single positive click with
 three (multimask) answers. Masks are kept when their predicted IoU is above
 `pred_iou_thresh`, their stability score at least `stability_score_thresh`, and they do not
 touch an inner crop edge; box NMS then removes duplicates within a crop, then across crops.
@@ -16,16 +23,15 @@ filters them with thresholds at least as strict, runs NMS and returns the record
 `generate(image)` is both with the generator's own thresholds. The candidates, their
 selection and the records live in `samft.infer.mask_candidates`.
 
-Where the work goes: one encoder pass per crop (`SamPredictor.set_image`: the predictor's
-resize and the model's own `preprocess`); the decoder's prompt-independent work on the crop
-is done once too (`MaskDecoder.prepare_image`), and the points of a call go through the
-decoder together on it (`MaskDecoder.predict_prepared`: the crop's tokens are never repeated
-per prompt, and only the three multimask outputs are computed); the IoU filter runs on the
-low-res outputs, so only the masks that pass it are upscaled to the crop's size, where the
-stability score is computed as the official generator computes it (on the upscaled logits:
-on low-res logits it would differ); boxes, the edge filter and RLEs are computed for all
-masks of a call at once. On the CPU the calls are kept small enough to avoid page faults
-(`CPU_CALL_BYTES`).
+Where the work goes: one encoder pass per crop (`SamPredictor.set_image`: the model's
+`prepare_image`); the decoder's prompt-independent work on the crop is done once too (the
+model's `prepare_decoder`), and the points of a call go through the decoder together on it
+(`decode_prepared`: the crop's tokens are never repeated per prompt); the IoU filter runs on
+the low-res outputs, so only the masks that pass it are brought to the crop's size
+(`masks_to_original`), where the stability score is computed as the official generators
+compute it (on the upscaled logits: on low-res logits it would differ); boxes, the edge
+filter and RLEs are computed for all masks of a call at once. On the CPU the calls are
+kept small enough to avoid page faults (`CPU_CALL_BYTES`).
 """
 
 from __future__ import annotations
@@ -52,8 +58,7 @@ from samft.infer.mask_ops import (
 )
 from samft.infer.predictor import SamPredictor
 from samft.infer.rle import masks_to_rle
-from samft.model.sam import Sam
-from samft.model.transformer import PreparedImage
+from samft.model.promptable import PromptableSam
 
 # On the CPU, points per decoder call are also limited so that the decoder's largest
 # per-call temporaries (the prompts' image tokens, points x C x h x w floats) stay below
@@ -70,13 +75,15 @@ class AutomaticMaskGenerator:
     """Masks for a whole image from a point grid, like the official generator.
 
     Args:
-        sam: any samft `Sam` (e.g. from `samft.weights.load_sam`); its own `preprocess`
-            normalises the pixels.
+        sam: any samft `Sam` or `Sam2` (e.g. from `samft.weights.load_sam`); its own
+            `prepare_image` resizes and normalises the pixels.
         points_per_side: grid points along a side (the grid has n^2); None with point_grids.
         points_per_batch: points decoded per call (memory: points x mask size); on the CPU
             calls are smaller still when that saves page faults (see `CPU_CALL_BYTES`).
-        pred_iou_thresh: keep masks whose predicted IoU is > this (0 disables).
-        stability_score_thresh: keep masks whose stability score is >= this (0 disables).
+        pred_iou_thresh: keep masks whose predicted IoU is > this (0 disables; None: the
+            model's official generator's, `sam.automatic_thresholds`: 0.88 SAM, 0.8 SAM 2).
+        stability_score_thresh: keep masks whose stability score is >= this (0 disables;
+            None: the official generator's, 0.95).
         stability_score_offset: logit offset of the stability score.
         box_nms_thresh: box IoU above which NMS drops duplicates within a crop.
         crop_n_layers: extra crop layers; layer i has 2^i x 2^i crops.
@@ -96,11 +103,11 @@ class AutomaticMaskGenerator:
 
     def __init__(
         self,
-        sam: Sam,
+        sam: PromptableSam,
         points_per_side: int | None = 32,
         points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
         stability_score_offset: float = 1.0,
         box_nms_thresh: float = 0.7,
         crop_n_layers: int = 0,
@@ -128,9 +135,20 @@ class AutomaticMaskGenerator:
             raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
         if not 0.0 <= covered_thresh <= 1.0:
             raise ValueError(f"covered_thresh must be in [0, 1], got {covered_thresh}")
+        if min_mask_region_area > 0 and not sam.automatic_region_cleanup:
+            raise ValueError(
+                f"min_mask_region_area={min_mask_region_area} with a SAM 2 model: Meta's SAM 2 "
+                "generator fills holes and removes specks on the low-res masks (a CUDA "
+                "extension), which samft does not reproduce; use min_mask_region_area=0"
+            )
         self.predictor = SamPredictor(sam)
         self.point_grids = grids
         self.points_per_batch = int(points_per_batch)
+        defaults = sam.automatic_thresholds
+        if pred_iou_thresh is None:
+            pred_iou_thresh = defaults["pred_iou_thresh"]
+        if stability_score_thresh is None:
+            stability_score_thresh = defaults["stability_score_thresh"]
         self.pred_iou_thresh = float(pred_iou_thresh)
         self.stability_score_thresh = float(stability_score_thresh)
         self.stability_score_offset = float(stability_score_offset)
@@ -143,7 +161,7 @@ class AutomaticMaskGenerator:
         self.covered_thresh = float(covered_thresh)
 
     @property
-    def model(self) -> Sam:
+    def model(self) -> PromptableSam:
         return self.predictor.model
 
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
@@ -188,7 +206,7 @@ class AutomaticMaskGenerator:
             for crop_id, (box, layer) in enumerate(zip(boxes, layers, strict=True)):
                 x0, y0, x1, y1 = box
                 self.predictor.set_image(image[y0:y1, x0:x1])
-                prepared = self._prepare_crop()
+                prepared = self.model.prepare_decoder(self.predictor.features)
                 scale = np.array([x1 - x0, y1 - y0], dtype=np.float64)
                 points = self.point_grids[layer] * scale
                 step = self.points_per_call()
@@ -220,34 +238,22 @@ class AutomaticMaskGenerator:
             stability_score_thresh=stab_thresh,
         )
 
-    def _prepare_crop(self) -> PreparedImage:
-        """The current crop's embedding made ready for the decoder calls of its points
-        (single clicks: no mask prompt, so every call has the same dense embedding)."""
-        prompt_encoder = self.model.prompt_encoder
-        _, dense = prompt_encoder(points=None, boxes=None, masks=None)  # 1 x C x h x w
-        return self.model.mask_decoder.prepare_image(
-            self.predictor.features, prompt_encoder.get_dense_pe(), dense
-        )
-
     def _decode_points(
         self,
-        prepared: PreparedImage,
+        prepared: Any,
         points: np.ndarray,
         crop_box: list[int],
         image_size: tuple[int, int],
         iou_thresh: float,
         stab_thresh: float,
     ) -> dict[str, Any]:
-        """Decode `P x 2` points (crop frame, float64) on the current crop (`prepared`)."""
+        """Decode `P x 2` points (crop frame, float64) on the current crop (`prepared`:
+        the model's `prepare_decoder`)."""
         sam, predictor = self.model, self.predictor
         crop_size = (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0])
-        coords = predictor.transform.apply_coords(points, crop_size)  # float64, input frame
-        coords = torch.as_tensor(coords, device=sam.device)[:, None, :]
+        coords = sam.transform_grid_points(points, crop_size)[:, None, :]  # input frame
         labels = torch.ones(coords.shape[:2], dtype=torch.int, device=sam.device)
-        sparse, _ = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        low_res, iou_preds = sam.mask_decoder.predict_prepared(
-            prepared, sparse, multimask_output=True
-        )
+        low_res, iou_preds = sam.decode_prepared(prepared, coords, labels, True)
         n_out = low_res.shape[1]
         low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
         point_of = torch.arange(len(points), device=sam.device).repeat_interleave(n_out)
@@ -255,7 +261,7 @@ class AutomaticMaskGenerator:
         keep = torch.ones_like(iou_preds, dtype=torch.bool)
         if iou_thresh > 0:  # on the low-res outputs: only the masks that pass get upscaled
             keep = iou_preds > iou_thresh
-        logits = sam.postprocess_masks(low_res[keep][:, None], predictor.input_size, crop_size)
+        logits = sam.masks_to_original(low_res[keep][:, None], predictor.input_size, crop_size)
         logits = logits[:, 0]  # K x h x w logits, crop frame
         stability = stability_score(logits, sam.mask_threshold, self.stability_score_offset)
         stable = torch.ones_like(stability, dtype=torch.bool)

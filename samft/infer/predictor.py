@@ -29,8 +29,8 @@ class SamPredictor:
 
     def __init__(self, sam_model: PromptableSam) -> None:
         self.model = sam_model
-        # SAM's resize to the input frame, for callers that move prompts themselves (the
-        # automatic mask generator); SAM 2 resizes inside `prepare_image` (None here).
+        # SAM's resize to the input frame (Meta's `SamPredictor.transform`), for callers
+        # that move prompts themselves; SAM 2 resizes inside `prepare_image` (None here).
         interpolation = getattr(sam_model, "resize_interpolation", None)
         self.transform = (
             ResizeLongestSide(sam_model.image_size, interpolation)

@@ -22,7 +22,9 @@ and its thresholds (foreground_thresh, center_thresh, boundary_thresh, min_size)
 from the argument, else the sidecar's `instance_head.thresholds`, else 0.5 / 0.5 / 0.5 / 0.
 For the grid, thresholds left null
 come from the checkpoint's export sidecar (`automatic_thresholds`, written by `samft eval
-mode=instance`), else are Meta's defaults (0.88 / 0.95; `covered_thresh` 1: no suppression).
+mode=instance`), else are the defaults of Meta's generator for the model's generation
+(`SamAutomaticMaskGenerator` 0.88 / 0.95, `SAM2AutomaticMaskGenerator` 0.8 / 0.95;
+`covered_thresh` 1: no suppression).
 """
 
 from __future__ import annotations
@@ -75,9 +77,12 @@ def resolve_thresholds(
     pred_iou_thresh: float | None = None,
     stability_score_thresh: float | None = None,
     covered_thresh: float | None = None,
+    defaults: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """(thresholds, where each came from): a given value, else the checkpoint's sidecar
-    (`automatic_thresholds`), else Meta's default (1.0: no covered-mask suppression)."""
+    (`automatic_thresholds`), else Meta's default: `defaults` (the model's
+    `automatic_thresholds`; None: SAM's) and 1.0 for `covered_thresh` (no suppression)."""
+    fallback = {**META_DEFAULTS, **(defaults or {})}
     given = {
         "pred_iou_thresh": pred_iou_thresh,
         "stability_score_thresh": stability_score_thresh,
@@ -94,7 +99,7 @@ def resolve_thresholds(
         elif stored is not None and stored.get(key) is not None:
             values[key], sources[key] = stored[key], f"sidecar {sidecar}"
         else:
-            values[key], sources[key] = META_DEFAULTS[key], "Meta's default"
+            values[key], sources[key] = fallback[key], "Meta's default"
     checked = check_thresholds(values, "thresholds")
     return {key: checked[key] for key in SETTING_KEYS}, sources
 
@@ -157,7 +162,8 @@ def segment(
 ) -> dict[str, Any]:
     """Instance masks for every image of `input` (see the module docstring for the files).
 
-    The images, the thresholds and the output folder are checked before the model loads.
+    The images and the output folder are checked before the model loads; the thresholds
+    once it has (their defaults are its generation's).
     `head_thresholds`: the watershed's, each None (or absent) for the sidecar's / default.
     Returns the content of `segments.json`.
     """
@@ -177,16 +183,16 @@ def segment(
             checkpoint, checkpoint_path, head, images, out_dir, head_thresholds or {},
             variant, image_size, device, overlay,
         )  # fmt: skip
+    sam = load_sam(checkpoint_path, variant=variant, image_size=image_size)
+    sam = sam.to(resolve_device(device))
     thresholds, sources = resolve_thresholds(
-        checkpoint, pred_iou_thresh, stability_score_thresh, covered_thresh
-    )
+        checkpoint, pred_iou_thresh, stability_score_thresh, covered_thresh,
+        defaults=sam.automatic_thresholds,
+    )  # fmt: skip
     log.info(
         "thresholds: %s",
         ", ".join(f"{key}={thresholds[key]} ({sources[key]})" for key in SETTING_KEYS),
     )
-
-    sam = load_sam(checkpoint_path, variant=variant, image_size=image_size)
-    sam = sam.to(resolve_device(device))
     settings = {
         "points_per_side": points_per_side,
         "points_per_batch": points_per_batch,

@@ -17,6 +17,22 @@ masks_to_original      upscale, crop the padding, resize           resize straig
 low_res_clamp          None                                        32 (Meta's predictor)
 =====================  ==========================================  =============================
 
+The automatic mask generator (`samft.infer.automatic.AutomaticMaskGenerator`) needs a few
+more, each what the generation's official generator does:
+
+=====================  ==========================================  =============================
+step                   Sam                                         Sam2
+=====================  ==========================================  =============================
+automatic_thresholds   pred_iou 0.88, stability 0.95               pred_iou 0.8, stability 0.95
+automatic_region_      True: holes and islands of the kept masks   False: Meta's runs on the
+cleanup                                                            low-res logits (CUDA), not
+                                                                   reproduced: refused
+transform_grid_points  float64 (numpy's arithmetic)                float32
+prepare_decoder        the transformer's image work, once          the same, and the 2 levels
+decode_prepared        clicks on it; only the masks asked for      clicks on it; all 4, then
+                                                                   `forward`'s choice
+=====================  ==========================================  =============================
+
 Frames: the *original* image is H x W; the *input* frame is what the encoder sees
 (`input_frame_size`). Prompts go to the model in the input frame, masks come back in the
 original frame.
@@ -45,7 +61,7 @@ the frame, `samft.data.resize`): SAM's long side S padded to the square, SAM 2's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -60,6 +76,10 @@ class PromptableSam(Protocol):
     mask_threshold: float
     image_format: str
     low_res_clamp: float | None  # the predictor clamps the low-res logits it returns
+    # the official automatic mask generator's pred_iou_thresh and stability_score_thresh
+    automatic_thresholds: Mapping[str, float]
+    # whether the official generator's min_mask_region_area is the clean-up samft runs
+    automatic_region_cleanup: bool
 
     @property
     def device(self) -> torch.device: ...
@@ -106,6 +126,22 @@ class PromptableSam(Protocol):
         self, low_res: Tensor, input_size: Sequence[int], original_size: Sequence[int]
     ) -> Tensor:
         """Low-res logits `N x M x s x s` -> logits `N x M x H x W`, original frame."""
+        ...
+
+    def transform_grid_points(self, points: np.ndarray, original_size: Sequence[int]) -> Tensor:
+        """`P x 2` float64 (x, y) pixels, original frame -> `P x 2`, input frame, on the
+        model's device, in the precision of the generation's official generator."""
+        ...
+
+    def prepare_decoder(self, features: Any) -> Any:
+        """`encode` of one image -> its prompt-independent decoder work (no mask prompt)."""
+        ...
+
+    def decode_prepared(
+        self, prepared: Any, point_coords: Tensor, point_labels: Tensor, multimask_output: bool
+    ) -> tuple[Tensor, Tensor]:
+        """N click prompts (`N x P x 2`, `N x P`, input frame) on a prepared image ->
+        low-res logits `N x M x s x s`, IoU `N x M`, as `decode` answers them."""
         ...
 
 

@@ -21,7 +21,8 @@ statistics and stays zero.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from samft.model.image_encoder import ImageEncoderViT
 from samft.model.mask_decoder import MaskDecoder
 from samft.model.prompt_encoder import PromptEncoder
 from samft.model.tiny_vit import TinyViT
+from samft.model.transformer import PreparedImage
 from samft.model.transforms import ResizeLongestSide, input_shape
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -55,6 +57,12 @@ class Sam(nn.Module):
     mask_threshold: float = 0.0
     image_format: str = "RGB"
     low_res_clamp: float | None = None  # SAM's predictor returns its low-res logits as they are
+    # the thresholds of Meta's SamAutomaticMaskGenerator (`samft.infer.automatic`)
+    automatic_thresholds: Mapping[str, float] = MappingProxyType(
+        {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}
+    )
+    # its min_mask_region_area: holes and islands of the kept masks, then NMS again
+    automatic_region_cleanup: bool = True
 
     def __init__(
         self,
@@ -199,6 +207,37 @@ class Sam(nn.Module):
     ) -> Tensor:
         """`postprocess_masks`: low-res logits -> logits `N x M x H x W`, original frame."""
         return self.postprocess_masks(low_res, input_size, original_size)
+
+    # --- what the automatic mask generator adds (samft.infer.automatic) ------------------
+
+    def transform_grid_points(self, points: np.ndarray, original_size: Sequence[int]) -> Tensor:
+        """`P x 2` grid points (x, y) pixels, original frame -> `P x 2` float64, input frame,
+        on the model's device: the official generator scales them in numpy's float64."""
+        h, w = int(original_size[0]), int(original_size[1])
+        new_h, new_w = self.input_frame_size((h, w))
+        scale = torch.tensor([new_w / w, new_h / h], dtype=torch.float64)
+        coords = torch.as_tensor(points, dtype=torch.float64) * scale
+        return coords.to(self.device)
+
+    def prepare_decoder(self, features: Tensor) -> PreparedImage:
+        """One image's (`encode`: `1 x C x h' x w'`) prompt-independent decoder work, for
+        any number of `decode_prepared` calls of prompts without a mask prompt."""
+        _, dense = self.prompt_encoder(points=None, boxes=None, masks=None)  # 1 x C x h' x w'
+        pe = self.prompt_encoder.get_dense_pe()
+        return self.mask_decoder.prepare_image(features, pe, dense)
+
+    def decode_prepared(
+        self,
+        prepared: PreparedImage,
+        point_coords: Tensor,
+        point_labels: Tensor,
+        multimask_output: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """`decode` of N click prompts (`N x P x 2`, `N x P`, input frame) on a prepared
+        image: low-res logits `N x M x 4h' x 4w'` and IoU predictions `N x M`; only the M
+        masks asked for are computed."""
+        sparse = self.sparse_embeddings((point_coords, point_labels), None)
+        return self.mask_decoder.predict_prepared(prepared, sparse, multimask_output)
 
     # --- the interface batched training shares with SAM 2 (samft.model.batched) ----------
 

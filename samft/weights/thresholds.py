@@ -22,7 +22,8 @@ SIDECAR_KEY = "automatic_thresholds"
 THRESHOLD_KEYS = ("pred_iou_thresh", "stability_score_thresh")
 # may be absent from a sidecar (written before it existed, or never used): the default then
 OPTIONAL_KEYS = ("covered_thresh",)
-# the defaults of Meta's SamAutomaticMaskGenerator (which has no covered-mask suppression)
+# the defaults of Meta's SamAutomaticMaskGenerator (which has no covered-mask suppression);
+# SAM 2's generator has pred_iou_thresh 0.8 (`Sam2.automatic_thresholds`)
 META_DEFAULTS = {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "covered_thresh": 1.0}
 
 

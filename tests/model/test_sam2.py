@@ -85,3 +85,23 @@ def test_errors_name_the_problem():
         model.decode(model.encode(torch.zeros(1, 3, 256, 256)), torch.zeros(1, 1, 2))
     with pytest.raises(ValueError, match="must be a positive multiple of 32, got 240"):
         build_sam("sam2.1_hiera_t", image_size=240)
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_decoding_on_a_prepared_image_equals_decode(multimask):
+    """`prepare_decoder` + `decode_prepared` (the automatic mask generator's calls) answer
+    clicks as `decode` does, the single mask's stability fallback included."""
+    torch.manual_seed(0)
+    sam = build_sam("sam2_tiny").eval()
+    with torch.no_grad():
+        for tensor in sam.state_dict().values():  # signal in the zero-initialised parts
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn_like(tensor) * 0.05)
+        features = sam.encode(sam.preprocess(torch.rand(1, 3, 256, 256) * 255))
+        coords = torch.rand(5, 1, 2) * 256
+        labels = torch.ones(5, 1, dtype=torch.int)
+        want = sam.decode(features, coords, labels, multimask_output=multimask)[:2]
+        got = sam.decode_prepared(sam.prepare_decoder(features), coords, labels, multimask)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape == (5, 3 if multimask else 1, *g.shape[2:])
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=0)

@@ -12,6 +12,10 @@ What SAM 2 changes in SAM's decoder (`samft.model.mask_decoder.MaskDecoder`):
   (by predicted IoU) when the single mask is unstable: fewer than `thresh` of the pixels
   above `-delta` are above `+delta` (Meta's `build_sam2` turns this on).
 
+Inference on a prepared image (`prepare_image`, then `predict_prepared` per call, as the
+automatic mask generator does) does the transformer's prompt-independent work on the image
+once, as SAM's decoder does.
+
 The two-way transformer and the attention are samft's (`TwoWayTransformer`, with its
 batched and reordered paths); only its token MLP is named as in `sam2` (`mlp.layers.<i>`,
 samft's `MLP`, the same ReLU two-layer computation as SAM's `mlp.lin1/lin2`).
@@ -19,12 +23,27 @@ samft's `MLP`, the same ReLU two-layer computation as SAM's `mlp.lin1/lin2`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 
 from samft.model.common import LayerNorm2d
 from samft.model.mask_decoder import MLP, attend
-from samft.model.transformer import TwoWayTransformer
+from samft.model.transformer import PreparedImage, TwoWayTransformer
+
+
+class PreparedSam2Image(NamedTuple):
+    """One image made ready for any number of `Sam2MaskDecoder.predict_prepared` calls.
+
+    image:     the transformer's prompt-independent work (`PreparedImage`)
+    high_res:  the image's projected high-resolution levels (`1 x C/8 x 4h x 4w`,
+               `1 x C/4 x 2h x 2w`), or None for a decoder without them
+    """
+
+    image: PreparedImage
+    high_res: tuple[Tensor, Tensor] | None
 
 
 def two_way_transformer(
@@ -151,12 +170,19 @@ class Sam2MaskDecoder(nn.Module):
             high_res_features,
             image_index,
         )
+        return (*self.select_outputs(masks, iou_pred, multimask_output), object_score)
+
+    def select_outputs(
+        self, masks: Tensor, iou_pred: Tensor, multimask_output: bool
+    ) -> tuple[Tensor, Tensor]:
+        """The outputs `forward` returns of all `N x (M+1) x H x W` masks and their
+        `N x (M+1)` scores: the M multimask ones, or the single one (at inference, the
+        best multimask one where it is unstable: `stable_single_mask`)."""
         if multimask_output:
-            return masks[:, 1:], iou_pred[:, 1:], object_score
+            return masks[:, 1:], iou_pred[:, 1:]
         if self.dynamic_multimask_via_stability and not self.training:
-            masks, iou_pred = self.stable_single_mask(masks, iou_pred)
-            return masks, iou_pred, object_score
-        return masks[:, :1], iou_pred[:, :1], object_score
+            return self.stable_single_mask(masks, iou_pred)
+        return masks[:, :1], iou_pred[:, :1]
 
     def predict_masks(
         self,
@@ -170,14 +196,69 @@ class Sam2MaskDecoder(nn.Module):
         """All `M + 1` masks `N x (M+1) x 4h x 4w`, their scores `N x (M+1)` and the
         object-score logits `N x 1` (arguments as `forward`)."""
         N = sparse_prompt_embeddings.shape[0]
-        tokens = torch.cat([self._output_tokens(N), sparse_prompt_embeddings], dim=1)
+        tokens = self._tokens(sparse_prompt_embeddings)
         if image_index is None:  # one image for all N prompts
             image_index = torch.zeros(N, dtype=torch.long, device=tokens.device)
-        _, C, h, w = image_embeddings.shape
         hs, src = attend(
             self.transformer, image_embeddings, image_pe, dense_prompt_embeddings, tokens,
             image_index,
         )  # fmt: skip
+        size = image_embeddings.shape[-2:]
+        return self._outputs(hs, src, size, high_res_features, image_index)
+
+    def prepare_image(
+        self,
+        image_embeddings: Tensor,
+        image_pe: Tensor,
+        dense_prompt_embeddings: Tensor,
+        high_res_features: tuple[Tensor, Tensor] | None = None,
+    ) -> PreparedSam2Image:
+        """One image's prompt-independent decoder work, for `predict_prepared`.
+
+        Args:
+            image_embeddings: `1 x C x h x w`.
+            image_pe: `1 x C x h x w` (`PromptEncoder.get_dense_pe()`).
+            dense_prompt_embeddings: `1 x C x h x w`: the dense embedding of every prompt
+                that will be decoded on it (no mask prompt).
+            high_res_features: `project_high_res` of the image (`1 x C/8 x 4h x 4w`,
+                `1 x C/4 x 2h x 2w`).
+        """
+        src = image_embeddings + dense_prompt_embeddings[:1]
+        return PreparedSam2Image(self.transformer.prepare_image(src, image_pe), high_res_features)
+
+    def predict_prepared(
+        self, prepared: PreparedSam2Image, sparse_prompt_embeddings: Tensor, multimask_output: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """`forward` for N prompts (`N x T x C`) on a prepared image, equal to it with the
+        inputs `prepared` was made from: low-res logits `N x M' x 4h x 4w`, IoU predictions
+        `N x M'` and object-score logits `N x 1`."""
+        N = sparse_prompt_embeddings.shape[0]
+        tokens = self._tokens(sparse_prompt_embeddings)
+        hs, src = self.transformer.forward_prepared(prepared.image, tokens)
+        image_index = torch.zeros(N, dtype=torch.long, device=tokens.device)
+        masks, iou_pred, object_score = self._outputs(
+            hs, src, prepared.image.size, prepared.high_res, image_index
+        )
+        return (*self.select_outputs(masks, iou_pred, multimask_output), object_score)
+
+    def _tokens(self, sparse_prompt_embeddings: Tensor) -> Tensor:
+        """The output tokens before each prompt's tokens: `N x T x C` -> `N x T' x C`."""
+        N = sparse_prompt_embeddings.shape[0]
+        return torch.cat([self._output_tokens(N), sparse_prompt_embeddings], dim=1)
+
+    def _outputs(
+        self,
+        hs: Tensor,
+        src: Tensor,
+        size: Sequence[int],
+        high_res_features: tuple[Tensor, Tensor] | None,
+        image_index: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The transformer's tokens (`hs` N x T' x C) and image tokens (`src` N x hw x C,
+        an h x w grid) -> all masks `N x (M+1) x 4h x 4w`, their scores and the
+        object-score logits `N x 1`."""
+        N, _, C = src.shape
+        h, w = int(size[0]), int(size[1])
         first = 1 if self.pred_obj_scores else 0  # the object-score token comes first
         iou_token_out = hs[:, first]
         mask_tokens_out = hs[:, first + 1 : first + 1 + self.num_mask_tokens]

@@ -23,7 +23,8 @@ export loads strictly in Meta's `build_sam2` and `build_sam2_video_predictor`.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -34,12 +35,14 @@ from torch import Tensor, nn
 from samft.model.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, PromptEncoder
 from samft.model.sam2.carried import CarriedTensors
 from samft.model.sam2.image_encoder import Sam2ImageEncoder
-from samft.model.sam2.mask_decoder import Sam2MaskDecoder
+from samft.model.sam2.mask_decoder import PreparedSam2Image, Sam2MaskDecoder
 from samft.model.transforms import SQUARE_RESIZE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # of [0, 1] pixels
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LOW_RES_CLAMP = 32.0  # Meta's image predictor clamps the low-res logits it returns to +-this
+# the thresholds of Meta's SAM2AutomaticMaskGenerator (SAM's generator: 0.88 / 0.95)
+AUTOMATIC_THRESHOLDS = MappingProxyType({"pred_iou_thresh": 0.8, "stability_score_thresh": 0.95})
 
 
 class Sam2Features(NamedTuple):
@@ -81,6 +84,10 @@ class Sam2(nn.Module):
     mask_threshold: float = 0.0
     image_format: str = "RGB"
     low_res_clamp: float | None = LOW_RES_CLAMP
+    automatic_thresholds: Mapping[str, float] = AUTOMATIC_THRESHOLDS  # `samft.infer.automatic`
+    # Meta's SAM 2 generator cleans small regions on the low-res logits instead (a CUDA
+    # extension), which samft does not reproduce: min_mask_region_area is refused
+    automatic_region_cleanup: bool = False
     normalization: str = "imagenet"  # [0, 1] pixels, ImageNet mean/std (`preprocess`)
     resize_interpolation: str = SQUARE_RESIZE  # to the S x S square (`samft.model.transforms`)
 
@@ -311,6 +318,36 @@ class Sam2(nn.Module):
     def transform_boxes(self, boxes: Tensor, original_size: Sequence[int]) -> Tensor:
         """`N x 4` boxes (x0, y0, x1, y1) in the original frame -> the input frame."""
         return self.transform_coords(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+    # --- what the automatic mask generator adds (samft.infer.automatic) ------------------
+
+    def transform_grid_points(self, points: np.ndarray, original_size: Sequence[int]) -> Tensor:
+        """`P x 2` grid points (x, y) pixels, original frame -> `P x 2` float32, input frame,
+        on the model's device: Meta's SAM 2 generator takes them to float32 first."""
+        coords = torch.as_tensor(points, dtype=torch.float32, device=self.device)
+        return self.transform_coords(coords, original_size)
+
+    def prepare_decoder(self, features: Sam2Features) -> PreparedSam2Image:
+        """One image's (`encode`) prompt-independent decoder work, for any number of
+        `decode_prepared` calls of prompts without a mask prompt."""
+        encoder = self.sam_prompt_encoder
+        _, dense = encoder(points=None, boxes=None, masks=None)  # 1 x C x S/16 x S/16
+        return self.sam_mask_decoder.prepare_image(
+            features.image_embed, encoder.get_dense_pe(), dense, features.high_res
+        )
+
+    def decode_prepared(
+        self,
+        prepared: PreparedSam2Image,
+        point_coords: Tensor,
+        point_labels: Tensor,
+        multimask_output: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """`decode` of N click prompts (`N x P x 2`, `N x P`, input frame) on a prepared
+        image: low-res logits `N x M x S/4 x S/4` and IoU predictions `N x M` (M = 3, or 1:
+        the single mask with its stability fallback)."""
+        sparse = self.sparse_embeddings((point_coords, point_labels), None)
+        return self.sam_mask_decoder.predict_prepared(prepared, sparse, multimask_output)[:2]
 
     # The video model's tensors travel with the state dict (module doc).
     def _load_from_state_dict(
