@@ -46,7 +46,7 @@ from samft.train.config import (
 from samft.train.instance_loss import instance_head_loss
 from samft.train.losses import SamLoss
 from samft.train.metrics import PromptedSegmentationMetrics
-from samft.train.optim import OptimConfig, build_optimizer
+from samft.train.optim import OptimConfig, build_optimizer, check_layer_decay
 from samft.train.rounds import next_round_prompts, round_plan
 from samft.weights import load_sam
 from samft.weights.instance_head import read_instance_head
@@ -97,6 +97,7 @@ class SamFineTuner(L.LightningModule):
             self.instance_head = self._build_instance_head().train()
         self._instance_scores: list[dict[str, float]] = []
         self._set_trainable()
+        check_layer_decay([name for name, _ in self.model.named_parameters()], self.optim_config)
         self.loss_fn = SamLoss(**self.loss_config.sam_loss_arguments())
         self.val_metrics = PromptedSegmentationMetrics(
             max_click_round=max(self.interactive_config.val_clicks, default=0)

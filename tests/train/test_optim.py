@@ -1,12 +1,27 @@
 """Parameter groups and the learning-rate schedule."""
 
+import fnmatch
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+from reference_sam2 import import_sam2
 from torch import nn
 
-from samft.train.optim import OptimConfig, build_optimizer, build_param_groups, lr_multiplier
+from samft.model.registry import build_sam
+from samft.train.config import as_config
+from samft.train.optim import (
+    OptimConfig,
+    build_optimizer,
+    build_param_groups,
+    check_layer_decay,
+    count_encoder_blocks,
+    encoder_layer_id,
+    lr_multiplier,
+)
 
 
 class Tiny(nn.Module):
@@ -82,3 +97,129 @@ def test_scheduler_drives_each_group():
 def test_bad_schedule_is_named():
     with pytest.raises(ValueError, match="optim.schedule"):
         OptimConfig(schedule="linear")
+
+
+# ---------------------------------------------------------------- layer-wise lr decay
+def _lr_of_each_parameter(model: nn.Module, cfg: OptimConfig) -> dict[str, float]:
+    """name -> learning rate of its group; each trainable parameter in exactly one group."""
+    model.requires_grad_(True)
+    named = list(model.named_parameters())
+    lr_of = {}
+    for group in build_param_groups(named, cfg):
+        for param in group["params"]:
+            assert id(param) not in lr_of
+            lr_of[id(param)] = group["lr"]
+    assert len(lr_of) == len(named)
+    return {name: lr_of[id(param)] for name, param in named}
+
+
+def _expected_rate(name: str, by_prefix: dict[str, float], rest: float) -> float:
+    return next((lr for prefix, lr in by_prefix.items() if name.startswith(prefix)), rest)
+
+
+def test_layer_decay_rates_on_the_tiny_sam_vit():
+    """tiny: 4 ViT blocks; decay 0.5, encoder_lr 1e-3: block i at 1e-3 * 0.5^(4 - i), the
+    patch embedding at 0.5^5, position tables (pos_embed, each block's rel_pos) and the
+    neck at 1e-3, prompt encoder and decoder at lr."""
+    rates = _lr_of_each_parameter(
+        build_sam("tiny"), OptimConfig(lr=1e-2, encoder_lr=1e-3, layer_decay=0.5)
+    )
+    by_prefix = {
+        "image_encoder.pos_embed": 1e-3,
+        "image_encoder.patch_embed.": 3.125e-5,
+        "image_encoder.blocks.0.attn.rel_pos": 1e-3,
+        "image_encoder.blocks.1.attn.rel_pos": 1e-3,
+        "image_encoder.blocks.2.attn.rel_pos": 1e-3,
+        "image_encoder.blocks.3.attn.rel_pos": 1e-3,
+        "image_encoder.blocks.0.": 6.25e-5,
+        "image_encoder.blocks.1.": 1.25e-4,
+        "image_encoder.blocks.2.": 2.5e-4,
+        "image_encoder.blocks.3.": 5e-4,
+        "image_encoder.neck.": 1e-3,
+    }
+    for name, lr in rates.items():
+        assert lr == pytest.approx(_expected_rate(name, by_prefix, 1e-2), rel=1e-12), name
+    assert rates["image_encoder.blocks.2.mlp.lin1.weight"] == pytest.approx(2.5e-4, rel=1e-12)
+
+
+def test_layer_decay_rates_on_sam2_tiny():
+    """sam2_tiny: 5 Hiera blocks; decay 0.5, encoder_lr 1e-3: block i at 1e-3 * 0.5^(5 - i),
+    the patch embedding at 0.5^6, pos_embed / pos_embed_window and the FPN neck at 1e-3,
+    the rest at lr."""
+    cfg = OptimConfig(lr=1e-2, encoder_lr=1e-3, layer_decay=0.5, weight_decay=0.1)
+    rates = _lr_of_each_parameter(build_sam("sam2_tiny"), cfg)
+    by_prefix = {
+        "image_encoder.trunk.pos_embed": 1e-3,  # pos_embed and pos_embed_window
+        "image_encoder.trunk.patch_embed.": 1.5625e-5,
+        "image_encoder.trunk.blocks.0.": 3.125e-5,
+        "image_encoder.trunk.blocks.1.": 6.25e-5,
+        "image_encoder.trunk.blocks.2.": 1.25e-4,
+        "image_encoder.trunk.blocks.3.": 2.5e-4,
+        "image_encoder.trunk.blocks.4.": 5e-4,
+        "image_encoder.neck.": 1e-3,
+    }
+    for name, lr in rates.items():
+        assert lr == pytest.approx(_expected_rate(name, by_prefix, 1e-2), rel=1e-12), name
+    assert rates["image_encoder.trunk.pos_embed_window"] == pytest.approx(1e-3, rel=1e-12)
+    # weight decay still splits each depth: block 0's weights decay, its norms do not
+    groups = {
+        g["name"]: g
+        for g in build_param_groups(list(build_sam("sam2_tiny").named_parameters()), cfg)
+    }
+    assert groups["encoder_layer01"]["weight_decay"] == 0.1
+    assert groups["encoder_layer01_no_decay"]["weight_decay"] == 0.0
+    assert groups["encoder_layer01"]["lr"] == groups["encoder_layer01_no_decay"]["lr"]
+
+
+def test_layer_decay_off_keeps_one_encoder_rate():
+    rates = _lr_of_each_parameter(build_sam("sam2_tiny"), OptimConfig(lr=1e-2, encoder_lr=1e-3))
+    assert {lr for name, lr in rates.items() if name.startswith("image_encoder.")} == {1e-3}
+
+
+def test_layer_decay_is_metas_rule_on_metas_hiera():
+    """The scale of every Hiera parameter equals what Meta's training gives it: its
+    `layer_decay_param_modifier` scales layer k by d^(N + 1 - k) with k from Meta's own
+    `Hiera.get_layer_id`, and the shipped SAM 2.1 fine-tuning config overrides `*pos_embed*`
+    to 1.0 with d = 0.9 on `image_encoder.trunk`: the value the sam2_full / sam2_lora
+    recipes take."""
+    meta = import_sam2()
+    config = Path(meta.__file__).parent / "configs/sam2.1_training"
+    config = OmegaConf.load(config / "sam2.1_hiera_b+_MOSE_finetune.yaml")
+    (modifier,) = config.trainer.optim.param_group_modifiers
+    assert modifier._target_ == "training.optimizer.layer_decay_param_modifier"
+    assert modifier.apply_to == "image_encoder.trunk"
+    assert OmegaConf.to_container(modifier.overrides) == [{"pattern": "*pos_embed*", "value": 1.0}]
+    decay = modifier.layer_decay_value
+    for recipe in ("sam2_full", "sam2_lora"):
+        with initialize_config_module("samft.conf", version_base="1.3"):
+            assert compose("train", [f"+experiment={recipe}"]).optim.layer_decay == decay
+
+    trunk = meta.modeling.backbones.hieradet.Hiera(
+        embed_dim=16, num_heads=2, stages=(1, 2, 3, 2), global_att_blocks=(3,),
+        window_spec=(8, 4, 4, 4), window_pos_embed_bkg_spatial_size=(4, 4),
+    )  # fmt: skip
+    names = [f"image_encoder.trunk.{n}" for n, _ in trunk.named_parameters()]
+    num_blocks = count_encoder_blocks(names)
+    assert num_blocks == trunk.get_num_layers() == 8
+    for name in names:
+        if fnmatch.fnmatchcase(name, "*pos_embed*"):
+            meta_scale = 1.0
+        else:
+            meta_scale = decay ** (num_blocks + 1 - trunk.get_layer_id(name))
+        ours = decay ** (num_blocks + 1 - encoder_layer_id(name, num_blocks))
+        assert ours == pytest.approx(meta_scale, rel=1e-12), name
+
+
+def test_layer_decay_out_of_range_is_one_line_naming_the_key():
+    for value in (0, 1.5, -0.9):
+        with pytest.raises(ValueError) as caught:
+            as_config(OptimConfig, {"layer_decay": value}, "optim")
+        assert str(caught.value) == f"optim.layer_decay={value}: must be in (0, 1]"
+    assert as_config(OptimConfig, {"layer_decay": 1.0}, "optim").layer_decay == 1.0
+
+
+def test_layer_decay_on_a_tinyvit_encoder_is_refused():
+    names = [n for n, _ in build_sam("lite_medsam").named_parameters()]
+    check_layer_decay(names, OptimConfig())  # off: nothing to check
+    with pytest.raises(ValueError, match=r"^optim.layer_decay applies to ViT and Hiera"):
+        check_layer_decay(names, OptimConfig(layer_decay=0.9))
