@@ -13,6 +13,7 @@ from torch import nn
 
 from samft.model.registry import build_sam
 from samft.train.config import as_config
+from samft.train.module import SamFineTuner
 from samft.train.optim import (
     OptimConfig,
     build_optimizer,
@@ -218,8 +219,23 @@ def test_layer_decay_out_of_range_is_one_line_naming_the_key():
     assert as_config(OptimConfig, {"layer_decay": 1.0}, "optim").layer_decay == 1.0
 
 
-def test_layer_decay_on_a_tinyvit_encoder_is_refused():
+def test_layer_decay_reaches_lora_adapters_and_tinyvit_is_refused_at_build():
+    """Through the LightningModule: sam2_tiny's LoRA adapters on block i take
+    1e-3 * 0.5^(5 - i); LiteMedSAM's TinyViT (no numbered blocks) is refused when the module
+    is built, before any data or training."""
+    module = SamFineTuner(
+        model={"variant": "sam2_tiny"},
+        finetune={"image_encoder": "lora", "lora_rank": 2, "lora_alpha": 2.0},
+        optim={"lr": 1e-2, "encoder_lr": 1e-3, "layer_decay": 0.5},
+    )
+    rates = {}
+    for group in build_param_groups(list(module.model.named_parameters()), module.optim_config):
+        rates.update({id(p): group["lr"] for p in group["params"]})
+    for name, param in module.model.named_parameters():
+        if ".lora_" in name:
+            block = int(name.split("blocks.")[1].split(".")[0])
+            assert rates[id(param)] == pytest.approx(1e-3 * 0.5 ** (5 - block), rel=1e-12)
     names = [n for n, _ in build_sam("lite_medsam").named_parameters()]
     check_layer_decay(names, OptimConfig())  # off: nothing to check
     with pytest.raises(ValueError, match=r"^optim.layer_decay applies to ViT and Hiera"):
-        check_layer_decay(names, OptimConfig(layer_decay=0.9))
+        SamFineTuner(model={"variant": "lite_medsam"}, optim={"layer_decay": 0.9})
