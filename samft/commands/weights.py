@@ -9,7 +9,14 @@ import hydra
 from omegaconf import DictConfig
 
 from samft.weights.files import CheckpointError
-from samft.weights.known import copy_into_cache, describe_known, fetch, known_entry
+from samft.weights.known import (
+    copy_into_cache,
+    describe_known,
+    fetch,
+    known_entry,
+    not_known_message,
+    unpinned_url,
+)
 
 COLUMNS = ("name", "variant", "size_mb", "cached", "source")
 
@@ -17,6 +24,8 @@ COLUMNS = ("name", "variant", "size_mb", "cached", "source")
 def _entry(name: str, key: str):
     entry = known_entry(name)
     if entry is None:
+        if unpinned_url(name) is not None:
+            raise CheckpointError(f"{key}={not_known_message(name)}")
         raise CheckpointError(f"{key}={name}: not a known weights name (see the list below)")
     return entry
 
@@ -50,3 +59,7 @@ HOW_TO = (
 def main(cfg: DictConfig) -> None:
     print(format_rows(weights(cfg)))
     print(f"\n{HOW_TO}")
+    print(
+        "SAM 2.0 (sam2_hiera_tiny, ...) is not fetched by name (no public sha256 to pin): "
+        "download it from Meta and pass its path"
+    )

@@ -23,6 +23,14 @@ from Meta's Hugging Face copies (`facebook/sam2.1-hiera-{tiny,small,base-plus,la
 whose Git LFS records carry the sha256), give the same digests and the byte sizes used
 here. samft never downloaded them to check; a file that differs is refused, as for every
 entry (`weights add=NAME file=PATH` checks a copy you fetched yourself the same way).
+
+SAM 2.0's four checkpoints (Meta's first release, 2024-07-29: `.../segment_anything_2/072824/
+sam2_hiera_{tiny,small,base_plus,large}.pt`) are not known by name: Meta publishes no digest
+for them either, and no public source found pins one (searched: micro-sam, which pins 2.1
+only; the code, issue and page indexes for the URLs and file names, where projects download
+them unverified). samft does not invent a digest it cannot cite, so their names are refused
+with the URL to download by hand and pass as a path (`model.checkpoint=PATH`), which
+`load_sam` reads as any Meta SAM 2 file.
 """
 
 from __future__ import annotations
@@ -171,6 +179,12 @@ KNOWN_WEIGHTS: dict[str, KnownWeights] = {
         ),
     )
 }
+# SAM 2.0 by name: refused with the way to use it (see the module docstring).
+_SAM2_0_RELEASE = "https://dl.fbaipublicfiles.com/segment_anything_2/072824"
+UNPINNED_SAM2_0 = {
+    f"sam2_hiera_{size}": f"{_SAM2_0_RELEASE}/sam2_hiera_{size}.pt"
+    for size in ("tiny", "small", "base_plus", "large")
+}
 ALIASES = {
     "lite_medsam": "litemedsam",
     "vit_t": "mobile_sam",
@@ -179,6 +193,10 @@ ALIASES = {
     "sam2.1_hiera_s": "sam2.1_hiera_small",
     "sam2.1_hiera_b+": "sam2.1_hiera_base_plus",
     "sam2.1_hiera_l": "sam2.1_hiera_large",
+    "sam2_hiera_t": "sam2_hiera_tiny",
+    "sam2_hiera_s": "sam2_hiera_small",
+    "sam2_hiera_b+": "sam2_hiera_base_plus",
+    "sam2_hiera_l": "sam2_hiera_large",
 }
 
 
@@ -197,6 +215,30 @@ def known_entry(name: str) -> KnownWeights | None:
     return KNOWN_WEIGHTS.get(ALIASES.get(key, key))
 
 
+def unpinned_url(name: str) -> str | None:
+    """Meta's URL when `name` (or an alias) is a SAM 2.0 checkpoint, which samft does not
+    fetch by name (no public sha256 to verify it against), else None."""
+    key = str(name).strip().lower()
+    return UNPINNED_SAM2_0.get(ALIASES.get(key, key))
+
+
+def not_known_message(name: str) -> str:
+    """Why `name` is not a known weights name and what to do instead."""
+    url = unpinned_url(name)
+    if url is not None:
+        key = ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+        return (
+            f"{name}: SAM 2.0 weights are not fetched by name (no public sha256 to verify "
+            f"them against): download {url} yourself and pass its path "
+            f"(model.checkpoint=PATH/{key}.pt), or use SAM 2.1 by name "
+            f"({key.replace('sam2_', 'sam2.1_')})"
+        )
+    return (
+        f"not a known weights name (known: {', '.join(sorted(KNOWN_WEIGHTS))}; "
+        "`python -m samft weights` lists them)"
+    )
+
+
 def cached_path(entry: KnownWeights, root: str | Path | None = None) -> Path:
     return cache_dir(root) / "weights" / entry.filename
 
@@ -212,9 +254,10 @@ def resolve_checkpoint(
         return path
     entry = known_entry(str(checkpoint))
     if entry is None:
+        if unpinned_url(str(checkpoint)) is not None:
+            raise CheckpointError(not_known_message(str(checkpoint)))
         raise CheckpointError(
-            f"checkpoint file not found: {checkpoint}, and it is not a known weights name "
-            f"(known: {', '.join(sorted(KNOWN_WEIGHTS))}; `python -m samft weights` lists them)"
+            f"checkpoint file not found: {checkpoint}, and it is {not_known_message(checkpoint)}"
         )
     target = cached_path(entry, root)
     if target.is_file():

@@ -176,6 +176,22 @@ def test_unknown_names_and_cache_locations(tmp_path, monkeypatch):
         resolve_checkpoint("sam_vit_b", tmp_path / "empty", download=False)
 
 
+@pytest.mark.parametrize("name", ["sam2_hiera_tiny", "sam2_hiera_b+", "SAM2_HIERA_LARGE"])
+def test_sam2_0_names_are_refused_with_metas_url_and_what_to_do(name, tmp_path):
+    """SAM 2.0's checkpoints have no public sha256 to pin: by name they are refused, naming
+    Meta's URL, the path form and the 2.1 name; nothing is downloaded or cached."""
+    with pytest.raises(CheckpointError) as caught:
+        resolve_checkpoint(name, tmp_path)
+    message = str(caught.value)
+    full = {"sam2_hiera_tiny": "tiny", "sam2_hiera_b+": "base_plus"}.get(name, "large")
+    url = f"https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_{full}.pt"
+    assert message.startswith(f"{name}: SAM 2.0 weights are not fetched by name")
+    assert url in message and f"model.checkpoint=PATH/sam2_hiera_{full}.pt" in message
+    assert f"sam2.1_hiera_{full}" in message and "\n" not in message
+    assert not (tmp_path / "weights").exists()
+    assert known_entry(name) is None and known_module.unpinned_url(name) == url
+
+
 def test_a_hand_downloaded_file_is_checked_before_it_enters_the_cache(tiny_file, tmp_path):
     data, _ = tiny_file
     entry = dataclasses.replace(
