@@ -58,8 +58,8 @@ HOW_TO = (
 @hydra.main(version_base="1.3", config_path="pkg://samft.conf", config_name="weights")
 def main(cfg: DictConfig) -> None:
     print(format_rows(weights(cfg)))
-    print(f"\n{HOW_TO}")
     print(
-        "SAM 2.0 (sam2_hiera_tiny, ...) is not fetched by name (no public sha256 to pin): "
+        "\nSAM 2.0 (sam2_hiera_tiny, ...) is not fetched by name (no public sha256 to pin): "
         "download it from Meta and pass its path"
     )
+    print(HOW_TO)
