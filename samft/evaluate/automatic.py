@@ -6,7 +6,7 @@ searched on those candidates (`samft.evaluate.threshold_search`, micro-sam's pro
 and the best cell's masks are scored against every annotated object of the image:
 
 - `mSA`, `SA50`, `SA75`, `precision50`, `recall50`, `f1_50`, `n_pred`, `n_gt`,
-  `pooled_mSA`, `n_images`: `samft.evaluate.instance` on the label image the records
+  `pooled_mSA`, `n_images`: `samft.train.instance_metrics` on the label image the records
   make (largest first; the largest label, usually background, cleared; pieces split),
   one-to-one Hungarian matching, averaged over images; equal to the best grid row.
 - `AP`, `AP50`, `AP75`: COCO mask AP (pycocotools) of the kept masks themselves
@@ -20,7 +20,7 @@ and the best cell's masks are scored against every annotated object of the image
 
 The ground truth is every object the dataset's reader gives for an image (no area filter:
 small objects count), except COCO crowd regions (`iscrowd: 1`), which are ignored as COCO's
-evaluation ignores them (`samft.evaluate.instance`). Candidates of every image are held
+evaluation ignores them (`samft.train.instance_metrics`). Candidates of every image are held
 until the search ends.
 """
 
@@ -37,7 +37,6 @@ import numpy as np
 
 from samft.data.readers import build_reader
 from samft.evaluate.coco_ap import coco_mask_ap
-from samft.evaluate.instance import aggregate, instance_scores, iou_matrix
 from samft.evaluate.report import CheckpointSummary, describe_checkpoint
 from samft.evaluate.threshold_search import (
     CRITERIA,
@@ -49,6 +48,7 @@ from samft.evaluate.threshold_search import (
 from samft.infer.automatic import CROP_OVERLAP_RATIO, AutomaticMaskGenerator
 from samft.infer.record_masks import records_to_labels, segmentation_mask
 from samft.model.device import resolve_device
+from samft.train.instance_metrics import aggregate, instance_scores, iou_matrix
 from samft.weights import load_sam
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from samft.evaluate.instance import instance_masks
 from samft.infer.record_masks import coco_segmentation
 from samft.infer.rle import masks_to_coco
+from samft.train.instance_metrics import instance_masks
 
 
 def coco_mask_ap(

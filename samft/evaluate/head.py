@@ -7,7 +7,7 @@ then searched on those maps (the best mean `criterion` over images), and the bes
 instances are scored against every annotated object of the image:
 
 - `mSA`, `SA50`, `SA75`, `precision50`, `recall50`, `f1_50`, `n_pred`, `n_gt`,
-  `pooled_mSA`, `n_images`: `samft.evaluate.instance` on the watershed's label image.
+  `pooled_mSA`, `n_images`: `samft.train.instance_metrics` on the watershed's label image.
 - `AP`, `AP50`, `AP75`: COCO mask AP of the instances, scored by their mean foreground
   probability.
 - `n_masks`: the instances found; `foreground_thresh`, `center_thresh`,
@@ -31,12 +31,12 @@ import numpy as np
 from samft.data.readers import build_reader
 from samft.evaluate.automatic import InstanceResult, ground_truth_labels
 from samft.evaluate.coco_ap import coco_mask_ap
-from samft.evaluate.instance import aggregate, instance_scores
 from samft.evaluate.report import describe_checkpoint
 from samft.evaluate.threshold_search import CRITERIA, GridSearchResult
 from samft.infer.head_segment import HeadInstanceSegmenter, instance_records
 from samft.infer.instance_watershed import seeded_watershed
 from samft.model.device import resolve_device
+from samft.train.instance_metrics import aggregate, instance_scores
 from samft.weights import load_instance_head, load_sam
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from samft.evaluate.instance import aggregate, instance_scores
 from samft.infer.record_masks import records_to_labels
+from samft.train.instance_metrics import aggregate, instance_scores
 
 Cell = tuple[float, float]  # (pred_iou_thresh, stability_score_thresh)
 # the dataset scores of `aggregate` a search may maximise

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from samft.data.batch import SamBatch
-from samft.evaluate.instance import instance_scores
 from samft.infer.instance_watershed import seeded_watershed
 from samft.model import batched
 from samft.model.instance_head import InstanceHead
@@ -44,6 +43,7 @@ from samft.train.config import (
     as_config,
 )
 from samft.train.instance_loss import instance_head_loss
+from samft.train.instance_metrics import instance_scores
 from samft.train.losses import SamLoss
 from samft.train.metrics import PromptedSegmentationMetrics
 from samft.train.optim import OptimConfig, build_optimizer, check_layer_decay

@@ -16,7 +16,6 @@ from PIL import Image
 from samft.__main__ import main
 from samft.evaluate.automatic import InstanceResult
 from samft.evaluate.coco_ap import coco_mask_ap
-from samft.evaluate.instance import aggregate, instance_scores, iou_matrix
 from samft.evaluate.instance_report import build_instance_report, format_instance_table
 from samft.evaluate.report import CheckpointSummary
 from samft.evaluate.threshold_search import GridSearchResult
@@ -24,6 +23,7 @@ from samft.infer.automatic import AutomaticMaskGenerator
 from samft.infer.mask_candidates import select_masks, to_records
 from samft.infer.record_masks import records_to_labels, segmentation_mask
 from samft.infer.segment import resolve_thresholds
+from samft.train.instance_metrics import aggregate, instance_scores, iou_matrix
 from samft.weights.export import export_checkpoint
 
 # the two val images where LiteMedSAM's 4 x 4 point masks hit some nuclei (IoU > 0.5)

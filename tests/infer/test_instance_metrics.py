@@ -1,4 +1,4 @@
-"""Instance metrics (`samft.evaluate.instance`, `.coco_ap`, `.threshold_search`) and records
+"""Instance metrics (`samft.train.instance_metrics`, `.coco_ap`, `.threshold_search`) and records
 as labels (`samft.infer.record_masks`) on small cases computed by hand."""
 
 from __future__ import annotations
@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samft.evaluate import coco_ap, instance, threshold_search
+from samft.evaluate import coco_ap, threshold_search
 from samft.infer import record_masks
 from samft.infer.rle import masks_to_coco, masks_to_rle
+from samft.train import instance_metrics as instance
 
 
 def _labels(shape, **objects) -> np.ndarray:
