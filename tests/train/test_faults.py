@@ -3,6 +3,7 @@ writes, the run-folder lock, resume checks and the CSV log of a resumed run."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import json
@@ -157,10 +158,8 @@ def _logged_rows(root: Path, callbacks: list, model: L.LightningModule, **fit) -
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
     )
-    try:
+    with contextlib.suppress(SIGTERMException):  # the stopped run: its checkpoint is saved
         trainer.fit(model, weights_only=True, **fit)
-    except SIGTERMException:
-        pass
     with open(root / "csv" / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     return [(r["epoch"], r["step"], "val" if r.get("val/loss") else "train") for r in rows]
