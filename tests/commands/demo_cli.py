@@ -133,3 +133,18 @@ def signal_self(signum: int, phase: str, **options) -> list[str]:
         f"+callbacks.signal_self.phase={phase}",
     ]
     return words + [f"+callbacks.signal_self.{k}={v}" for k, v in options.items()]
+
+
+class FailOnRank(Callback):
+    """A run whose process of global rank `rank` raises a samft user error (`DataError`,
+    exit 2) at training step `step` (`+callbacks.x._target_=demo_cli.FailOnRank`): an error
+    on one rank of a DDP run, every time at the same point."""
+
+    def __init__(self, rank: int = 1, step: int = 1) -> None:
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer, *args, **kwargs) -> None:
+        from samft.data.errors import DataError
+
+        if trainer.global_rank == self.rank and trainer.global_step >= self.step:
+            raise DataError(f"image broken.png on rank {self.rank}: cannot be read (a test)")
