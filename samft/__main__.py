@@ -105,8 +105,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(code) from None
 
 
-class Stopped(Exception):  # noqa: N818 (a stop, not an error)
-    """A stop signal received by a command other than train."""
+class Stopped(BaseException):  # noqa: N818 (a stop, not an error)
+    """A stop signal received by a command other than train. A `BaseException`, as
+    `KeyboardInterrupt` is: the `except Exception` of a library (logging's, when the signal
+    lands while a log line is written) must not swallow it and let the command run on."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
