@@ -9,7 +9,9 @@ A user error (a bad override or config value, a checkpoint, data, cache or outpu
 the `ValueError`s samft raises, also from a DataLoader worker, Hydra's and OmegaConf's config
 errors, an OS error on a named path, a full disk anywhere) prints as one short message and
 exits 2; a diverged run (`NonFiniteTrainingError`) exits 3. `HYDRA_FULL_ERROR=1`
-shows the traceback. Any other exception keeps its traceback and exits 1.
+shows the traceback. Any other exception keeps its traceback and exits 1. In a DDP run the
+first rank to fail says it, once; the ranks that fail because it did exit quietly with its
+code (`samft.commands.rank_errors`).
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault(ENV_TRACEBACK, os.environ.get("HYDRA_FULL_ERROR", "0"))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises: the errors are reported below
     sys.argv = argv
+    from samft.commands import rank_errors
     from samft.commands.quiet import quiet_library_noise
 
+    rank_errors.prepare_note()  # before Lightning launches DDP ranks with this environment
     quiet_library_noise()
     module = importlib.import_module(f"samft.commands.{command}")
     try:
@@ -77,16 +81,34 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:
         if os.environ.get(ENV_TRACEBACK) == "1":
             raise
+        if rank_errors.peer_failed(err):  # another rank failed: it says why
+            code = rank_errors.wait_for_report()
+            if code is not None:
+                raise SystemExit(code) from None
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if rank_errors.claim_report(1):
+                print(
+                    f"samft {command}: error: another process of this multi-process run "
+                    f"stopped (its message is above; none if it was killed): {first}",
+                    file=sys.stderr,
+                )
+            raise SystemExit(1) from None
         code, message = describe_error(err, command, argv[1:])
         if message is None:
+            if not rank_errors.claim_report(1):
+                raise SystemExit(1) from None  # another rank failed first and said why
             raise
-        print(f"samft {command}: error: {message}", file=sys.stderr)
-        print("(set HYDRA_FULL_ERROR=1 to see the traceback)", file=sys.stderr)
+        if rank_errors.claim_report(code):  # once per run, whichever rank raised it
+            where = "" if not rank_errors.rank() else f" (rank {rank_errors.rank()})"
+            print(f"samft {command}: error{where}: {message}", file=sys.stderr)
+            print("(set HYDRA_FULL_ERROR=1 to see the traceback)", file=sys.stderr)
         raise SystemExit(code) from None
 
 
-class Stopped(Exception):  # noqa: N818 (a stop, not an error)
-    """A stop signal received by a command other than train."""
+class Stopped(BaseException):  # noqa: N818 (a stop, not an error)
+    """A stop signal received by a command other than train. A `BaseException`, as
+    `KeyboardInterrupt` is: the `except Exception` of a library (logging's, when the signal
+    lands while a log line is written) must not swallow it and let the command run on."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)

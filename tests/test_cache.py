@@ -382,3 +382,29 @@ def test_sam2_levels_round_trip_through_the_cache_and_training_reads_them(ct_cop
         sam.sam_mask_decoder.conv_s0.weight.add_(1e-3)  # frozen with the encoder: in the key
     with pytest.raises(CacheError, match="stale: built for other encoder weights"):
         EmbeddingCache.open(root, cache_key(sam))
+
+
+@pytest.mark.parametrize("write", ["shard", "manifest"])
+def test_a_stop_inside_a_write_leaves_no_temporary_file(built, monkeypatch, write):
+    """A signal (here KeyboardInterrupt) halfway through writing a shard or the manifest:
+    the files there before, the manifest too, are unchanged, and no half-written temporary
+    file is left (a whole new shard the manifest does not list yet is overwritten by the
+    next run)."""
+    from samft.data.cache import writer
+
+    module, root, data = built
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+
+    def half_then_stop(path, text):
+        Path(path).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    if write == "shard":
+        monkeypatch.setattr(writer, "save_file", lambda tensors, path: half_then_stop(path, ""))
+    else:
+        monkeypatch.setattr(Path, "write_text", lambda self, text: half_then_stop(self, text))
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(root, cache_key(module.model), _jobs(data, ("v",)), _embed(module.model.eval()))
+    after = {p.name: p.read_bytes() for p in root.iterdir()}
+    assert {name: after.get(name) for name in before} == before  # the manifest included
+    assert not [name for name in after if name.endswith(".tmp")]

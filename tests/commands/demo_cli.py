@@ -4,8 +4,10 @@ the command tests (pytest puts this folder on sys.path)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from lightning import Callback
@@ -33,16 +35,27 @@ def demo_overrides(data: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+HERE = Path(__file__).parent
+CHECKOUT = HERE.parents[1]  # the samft these tests test, whatever the venv has installed
+
+
+def samft_env() -> dict[str, str]:
+    """The environment of a `python -m samft` child: this checkout's samft first on its
+    path (not another one the venv may have installed in editable mode), then this folder
+    (so a run can load this file's test callbacks); unbuffered, W&B offline."""
+    paths = (str(CHECKOUT), str(HERE), os.environ.get("PYTHONPATH"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env.pop("SAMFT_COMMAND", None)
+    return env
+
+
 def run_samft(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
     """`python -m samft ARGS` in `cwd`, output captured, W&B offline."""
-    here = str(Path(__file__).parent)  # so a run can load this file's test callbacks
-    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "PYTHONPATH": path}
-    env.pop("SAMFT_COMMAND", None)
     return subprocess.run(
         [sys.executable, "-m", "samft", *args],
         cwd=cwd,
-        env=env,
+        env=samft_env(),
         capture_output=True,
         text=True,
         **kwargs,
@@ -80,6 +93,38 @@ class SignalSelf(Callback):
             self._send()
 
 
+def stop_when_it_says(
+    args: list[str], cwd: Path, said: str, signum: int = signal.SIGTERM
+) -> tuple[int, str]:
+    """Run `python -m samft ARGS` in `cwd`, send it `signum` as soon as a line of its output
+    contains `said` (a progress line: the command is then busy, never a guessed sleep), and
+    return its exit code and all it printed. A child that ends before saying it fails."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "samft", *args],
+        cwd=cwd,
+        env=samft_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if said in line:
+                proc.send_signal(signum)
+                break
+        else:
+            proc.wait(timeout=60)
+            raise AssertionError(f"never said {said!r}:\n" + "".join(lines)[-3000:])
+        watchdog = threading.Timer(120, proc.kill)  # a child that hangs ends, and fails
+        watchdog.start()
+        try:
+            lines.append(proc.stdout.read())
+            return proc.wait(), "".join(lines)
+        finally:
+            watchdog.cancel()
+
+
 def signal_self(signum: int, phase: str, **options) -> list[str]:
     """The overrides that add `SignalSelf` to a demo run."""
     words = [
@@ -88,3 +133,18 @@ def signal_self(signum: int, phase: str, **options) -> list[str]:
         f"+callbacks.signal_self.phase={phase}",
     ]
     return words + [f"+callbacks.signal_self.{k}={v}" for k, v in options.items()]
+
+
+class FailOnRank(Callback):
+    """A run whose process of global rank `rank` raises a samft user error (`DataError`,
+    exit 2) at training step `step` (`+callbacks.x._target_=demo_cli.FailOnRank`): an error
+    on one rank of a DDP run, every time at the same point."""
+
+    def __init__(self, rank: int = 1, step: int = 1) -> None:
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer, *args, **kwargs) -> None:
+        from samft.data.errors import DataError
+
+        if trainer.global_rank == self.rank and trainer.global_step >= self.step:
+            raise DataError(f"image broken.png on rank {self.rank}: cannot be read (a test)")

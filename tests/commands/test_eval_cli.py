@@ -4,10 +4,12 @@ or from the training run, and clear errors."""
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 import torch
 import yaml
+from demo_cli import stop_when_it_says
 from test_export import make_tuner, save_lightning_checkpoint
 
 from samft.__main__ import main
@@ -147,3 +149,20 @@ def test_eval_rejects_three_checkpoints(original, capsys):
     with pytest.raises(SystemExit):
         main(["samft", "eval", f"checkpoint=[{original},{original},{original}]"])
     assert "expected one path or a list of two" in capsys.readouterr().err
+
+
+def test_sigterm_stops_eval_with_no_report_written(original, ct_organs, tmp_path):
+    """A stop signal while the first of two checkpoints is scored: exit 143, one line
+    saying what stopped, and no report, whole or half."""
+    args = ["eval", f"checkpoint=[{original},{original}]", *data_args(ct_organs)]
+    args += ["trainer=cpu", "max_images=2", "num_workers=0", "clicks=[1]", "output=report.json"]
+    code, said = stop_when_it_says(args, tmp_path, ": 1/2 images")
+    assert code == 128 + signal.SIGTERM, said[-3000:]
+    stopped = [line for line in said.splitlines() if "stopped by" in line]
+    assert stopped == [
+        "samft eval: stopped by SIGTERM; the files it finished are complete (each is written "
+        "whole), the rest is not written"
+    ]
+    assert "Traceback" not in said and "2/2 images" not in said  # stopped in the first
+    assert not (tmp_path / "report.json").exists()
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -169,3 +169,29 @@ def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert "samft train: error:" in result.stderr and str(blocker) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [1, 0])
+def test_an_error_on_any_ddp_rank_is_said_once_in_one_line(tmp_path, rank):
+    """A user error raised on one rank of a 2-process DDP run: the run ends (no rank left
+    waiting in a collective) with exit 2 and samft's one line, once, naming the rank when it
+    is not 0; no traceback of the ranks that lost their peer."""
+    args = _overrides(
+        tmp_path / "data",
+        tmp_path / "run",
+        "trainer=ddp_cpu",
+        "trainer.max_steps=4",
+        "validate_before_training=false",
+        "+callbacks.fail._target_=demo_cli.FailOnRank",
+        f"+callbacks.fail.rank={rank}",
+    )
+    result = run_samft(args, tmp_path, timeout=300)
+    said = result.stdout + result.stderr
+    assert result.returncode == 2, said[-3000:]
+    where = " (rank 1)" if rank else ""
+    assert [line for line in said.splitlines() if line.startswith("samft train: error")] == [
+        f"samft train: error{where}: DataError: image broken.png on rank {rank}: cannot be read "
+        "(a test)"
+    ]
+    assert "Traceback" not in said and "Connection closed by peer" not in said

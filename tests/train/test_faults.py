@@ -3,6 +3,7 @@ writes, the run-folder lock, resume checks and the CSV log of a resumed run."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import json
@@ -110,6 +111,75 @@ def test_signal_saves_last_ckpt_then_stops(tmp_path, signum):
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 3, "the step in flight finished, then the run stopped"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class ToyWithValidation(Toy):
+    """`Toy` on 16 samples (4 steps an epoch) with a validation of 2 batches each epoch."""
+
+    def __init__(self, signal_at=None):
+        super().__init__(signal_at=signal_at)
+
+    def training_step(self, batch, batch_idx):
+        if self.signal_at == self.global_step:
+            os.kill(os.getpid(), self.signum)
+        loss = (self.layer(batch[0]) ** 2).mean()
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", (self.layer(batch[0]) ** 2).mean())
+
+    def train_dataloader(self):
+        data = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data), batch_size=4)
+
+    def val_dataloader(self):
+        data = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data), batch_size=4)
+
+
+def _logged_rows(root: Path, callbacks: list, model: L.LightningModule, **fit) -> list[tuple]:
+    """Fit `model` for 3 epochs logging every step into `root/csv/metrics.csv` (one file
+    across resumes, as `samft train` keeps it); its rows as (epoch, step, what was logged)."""
+    logger = CSVLogger(root, name="csv", version="")
+    if fit.get("ckpt_path"):
+        resumed = torch.load(fit["ckpt_path"], weights_only=True)["global_step"]
+        keep_earlier_metrics([logger], resumed)
+    trainer = L.Trainer(
+        default_root_dir=root,
+        accelerator="cpu",
+        max_epochs=3,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+    )
+    with contextlib.suppress(SIGTERMException):  # the stopped run: its checkpoint is saved
+        trainer.fit(model, weights_only=True, **fit)
+    with open(root / "csv" / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [(r["epoch"], r["step"], "val" if r.get("val/loss") else "train") for r in rows]
+
+
+@pytest.mark.parametrize("signal_at", [3, 1], ids=["last_batch", "mid_epoch"])
+def test_a_run_stopped_and_resumed_logs_the_rows_of_an_uninterrupted_run(tmp_path, signal_at):
+    """A stop on an epoch's last batch cuts the validation that follows it short: the
+    resumed run runs that validation again, then goes on with the next step and epoch."""
+    expected = _logged_rows(tmp_path / "whole", [], ToyWithValidation())
+    assert len(expected) == 3 * (4 + 1)  # 4 steps and 1 validation an epoch
+    run = tmp_path / "stopped"
+    saver = SaveOnSignal(dirpath=run / "checkpoints")
+    stopped = _logged_rows(run, [saver], ToyWithValidation(signal_at=signal_at))
+    assert stopped == expected[: signal_at + 1]  # the steps up to the signal, no validation
+    last = run / "checkpoints" / "last.ckpt"
+    resumed = _logged_rows(
+        run, [SaveOnSignal(dirpath=run / "again")], ToyWithValidation(), ckpt_path=last
+    )
+    assert resumed == expected
 
 
 # ------------------------------------------------------------------ 3. checkpoint writes

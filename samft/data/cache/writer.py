@@ -163,8 +163,11 @@ class _ShardWriter:
                 tensors[tensor] = embedding
             else:  # SAM 2's levels: e000000.0, e000000.1, ...
                 tensors.update({f"{tensor}.{i}": level for i, level in enumerate(embedding)})
-        save_file(tensors, str(tmp))
-        os.replace(tmp, self.root / shard)
+        try:
+            save_file(tensors, str(tmp))
+            os.replace(tmp, self.root / shard)
+        finally:  # a stop or an error halfway leaves no half-written file
+            tmp.unlink(missing_ok=True)
         self.manifest["shards"][shard] = {"bytes": (self.root / shard).stat().st_size}
         for tensor, (name, embedding, stamp) in self.pending.items():
             if isinstance(embedding, Tensor):
@@ -185,5 +188,8 @@ class _ShardWriter:
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     """Replace the manifest atomically: a reader sees the old or the new one, never half."""
     tmp = root / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, root / MANIFEST)
+    try:
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        os.replace(tmp, root / MANIFEST)
+    finally:
+        tmp.unlink(missing_ok=True)

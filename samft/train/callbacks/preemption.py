@@ -8,6 +8,13 @@ stop always lands between two optimizer steps, and on that exception writes
 `<dirpath>/last.ckpt` on every rank (Lightning's `save_checkpoint` is collective).
 `samft train` then exits with 128 + the signal number and writes no final metrics.
 
+A stop that lands on an epoch's last batch is felt inside the validation that follows it
+(Lightning stops there after the validation batch in flight). Lightning would read the saved
+loop state as "stopped after that validation" and skip it on resume, so its rows and its best
+checkpoint would be lost; the checkpoint saved here marks that validation as begun and not
+yet past its first batch instead, and the resumed run runs it again whole, at the same step
+and epoch, before it trains the next step (`restart_cut_validation`).
+
 A handler already installed for SIGUSR1 (Lightning's SLURM auto-requeue: it saves an
 `hpc_ckpt_*.ckpt` and requeues the job) is called first, then the run stops as above.
 
@@ -42,6 +49,7 @@ class SaveOnSignal(L.Callback):
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self._trainer: L.Trainer | None = None
+        self._saving_cut_validation = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._listen(trainer)
@@ -90,9 +98,19 @@ class SaveOnSignal(L.Callback):
             return
         if self.received is None:  # a SIGTERM that reached Lightning's handler only
             self.received = int(signal.SIGTERM)
-        trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, to resume
+        self._saving_cut_validation = trainer.validating  # stopped inside fit's validation
+        try:
+            trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, to resume
+        finally:
+            self._saving_cut_validation = False
         if trainer.is_global_zero:
             log.warning("saved %s at step %d", self.path, trainer.global_step)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: Any, checkpoint: dict[str, Any]
+    ) -> None:
+        if self._saving_cut_validation:
+            restart_cut_validation(checkpoint)
 
     def teardown(self, trainer: L.Trainer, pl_module: Any, stage: str) -> None:
         for signum, previous in self._previous.items():
@@ -100,3 +118,23 @@ class SaveOnSignal(L.Callback):
                 signal.signal(signum, previous)
         self._previous.clear()
         self._trainer = None
+
+
+def restart_cut_validation(checkpoint: dict[str, Any]) -> None:
+    """Mark, in a Lightning `checkpoint` saved while fit's validation was stopped partway,
+    that validation as begun and not yet past its first batch.
+
+    Lightning resumes such a state by running the validation again from its first batch
+    (its "restarted mid-evaluation" case) before training the next step, logging it at the
+    step and epoch it would have had. Left as saved (some batches completed, none in flight),
+    the state reads as a validation that finished, and the resume skips it. Only the
+    validation loop's batch counters change; `total` keeps the batches of earlier
+    validations in the same epoch (`val_check_interval` < 1).
+    """
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    before = progress["total"]["completed"] - progress["current"]["completed"]
+    progress["total"].update(
+        ready=before + 1, started=before + 1, processed=before, completed=before
+    )
+    progress["current"].update(ready=1, started=1, processed=0, completed=0)
+    progress["is_last_batch"] = False
