@@ -3,12 +3,20 @@
 Three ways to train the mask decoder (and prompt encoder) with the image encoder frozen,
 on the same batches of real images, objects and prompts:
 
-    naive   Meta's `segment_anything` modules in a plain PyTorch loop: the encoder runs on
-            every step, the decoder is called once per prompt, the loss is taken on masks
-            upscaled to the input size (1024 px for the official models)
+    naive   Meta's modules in a plain PyTorch loop (`segment_anything` for SAM, MobileSAM
+            and LiteMedSAM, `sam2` for the hiera variants and `sam2_tiny`): the encoder
+            runs on every step, the decoder is called once per prompt, the loss is taken on
+            masks upscaled to the input size (1024 px for the official models)
     samft   `SamFineTuner.training_step`: encoder every step, all prompts of the batch in
             batched decoder calls (shared first block per image)
-    cached  the same step, the embeddings read from the cache (`samft cache`), fp16
+    cached  the same step, the features read from the cache as `samft cache` stores them
+            (the model's `to_cached`: SAM's embedding, SAM 2's three levels), fp16
+
+Batches are in the variant's input frame (its `resize_interpolation`: SAM's long side,
+SAM 2's square). For SAM 2 the naive loop sends prompts as Meta's predictor does (a box
+as two corner points labelled 2 and 3, then the clicks) and answers a single positive point
+with the three multimask outputs, any other prompt with the single one (samft's
+`interactive.multimask_output=auto`), so its step-0 loss equals samft's ("loss@0").
 
 With `--decoder`, only the prompt encoder + mask decoder forward+backward per prompt, on
 random embeddings of the variant's size: Meta's decoder called once per prompt, Meta's
@@ -33,6 +41,7 @@ VmHWM, reset before the steps; coarser, but comparable between rows).
     python scripts/bench_train.py --variant vit_b --decoder --objects 1 8 16
     python scripts/bench_train.py --variant lite_medsam --rows samft cached --objects 4 \
         --precision fp32 bf16
+    python scripts/bench_train.py --variant sam2.1_hiera_t --image-size 512 --objects 4
 """
 
 from __future__ import annotations
@@ -53,10 +62,17 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from lightning.fabric.utilities.apply_func import apply_to_collection  # noqa: E402
 from reference import build_official, import_segment_anything  # noqa: E402
+from reference_sam2 import import_sam2, sam2_hydra, tiny_config  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
 
 from samft.data.batch import SamBatch
 from samft.data.datamodule import SamDataModule
 from samft.data.prompts import PromptSampler
+from samft.model.prompts import LABEL_BOX_TOP_LEFT, LABEL_PAD, LABEL_POSITIVE
+from samft.model.registry import get_hyper_params
+from samft.model.sam2 import Sam2
+from samft.model.sam2.carried import is_video_part
+from samft.model.sam2.model import IMAGENET_MEAN, IMAGENET_STD
 from samft.train.losses import SamLoss
 from samft.train.module import SamFineTuner
 
@@ -65,8 +81,11 @@ MEMORY_ROWS = ("naive_full", "samft_lora_ckpt")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini"
 
 
-def _batches(args: argparse.Namespace, objects: int) -> tuple[list[SamBatch], float]:
-    """`steps + 1` batches (the first is the warm-up), and the loader's samples/s."""
+def _batches(
+    args: argparse.Namespace, objects: int, resize_interpolation: str
+) -> tuple[list[SamBatch], float]:
+    """`steps + 1` batches (the first is the warm-up) in the model's input frame
+    (`resize_interpolation`, the model's), and the loader's samples/s."""
     data = Path(args.data)
     spec = {
         "format": "coco",
@@ -76,6 +95,7 @@ def _batches(args: argparse.Namespace, objects: int) -> tuple[list[SamBatch], fl
     dm = SamDataModule(
         train=spec,
         image_size=args.image_size,
+        resize_interpolation=resize_interpolation,
         batch_size=args.images,
         num_workers=0,
         max_objects_per_image=objects,
@@ -107,13 +127,17 @@ def _to(batch: SamBatch, device: torch.device) -> SamBatch:
     return apply_to_collection(batch, torch.Tensor, lambda t: t.to(device))
 
 
-def _naive_step(ref, batch, loss_fn, size: int, train_encoder: bool) -> None:
-    """One step the plain way: encoder, then one decoder call and backward per prompt."""
+def _naive_step(
+    ref: nn.Module, batch: SamBatch, loss_fn: SamLoss, size: int, train_encoder: bool
+) -> Tensor:
+    """One step the plain way on Meta's SAM: encoder, then one decoder call and backward per
+    prompt (all three multimask outputs). Returns the step's loss (detached)."""
     x = torch.cat([ref.preprocess(img[None].float()) for img in batch.images])
     with torch.set_grad_enabled(train_encoder):
         embeddings = ref.image_encoder(x)
     coords, labels = batch.prompts.coords, batch.prompts.labels
     rows = range(labels.shape[0])
+    total = torch.zeros((), device=batch.gt_masks.device)
     for row in rows:
         keep = labels[row] != -1
         sparse, dense = ref.prompt_encoder(
@@ -127,6 +151,96 @@ def _naive_step(ref, batch, loss_fn, size: int, train_encoder: bool) -> None:
         gt = batch.gt_masks[row : row + 1]
         out = loss_fn(logits, iou, gt, torch.ones_like(gt), float(len(rows)))
         out.total.backward(retain_graph=train_encoder and row < len(rows) - 1)
+        total = total + out.total.detach().float()
+    return total
+
+
+def _naive_step_sam2(
+    ref: nn.Module, batch: SamBatch, loss_fn: SamLoss, size: int, train_encoder: bool
+) -> Tensor:
+    """One step the plain way on Meta's SAM 2 (`SAM2Base`), as its image predictor runs:
+    images (already the S x S square) to [0, 1] and ImageNet-normalised, `forward_image`
+    (FPN levels, the two high-resolution ones through `conv_s0` / `conv_s1`),
+    `no_mem_embed` added to the lowest level; then per prompt the prompt encoder (box
+    corners, labels 2 and 3, before the clicks; a padding point added) and the mask decoder
+    with the high-resolution features, and a backward. A single positive point is answered
+    by the three multimask outputs, any other prompt by the single one. Returns the step's
+    loss (detached)."""
+    device = batch.gt_masks.device
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(-1, 1, 1)
+    x = torch.stack([(img.float() / 255 - mean) / std for img in batch.images])
+    with torch.set_grad_enabled(train_encoder):
+        level0, level1, embed = ref.forward_image(x)["backbone_fpn"]  # S/4, S/8, S/16
+        if ref.directly_add_no_mem_embed:
+            embed = embed + ref.no_mem_embed.reshape(1, -1, 1, 1)
+    pe = ref.sam_prompt_encoder.get_dense_pe()
+    coords, labels = batch.prompts.coords, batch.prompts.labels  # P x K x 2, input frame
+    rows = range(labels.shape[0])
+    total = torch.zeros((), device=batch.gt_masks.device)
+    for row in rows:
+        keep, corner = labels[row] != LABEL_PAD, labels[row] >= LABEL_BOX_TOP_LEFT
+        order = torch.cat([torch.nonzero(keep & corner), torch.nonzero(keep & ~corner)])[:, 0]
+        points = (coords[row, order][None], labels[row, order][None])
+        sparse, dense = ref.sam_prompt_encoder(points=points, boxes=None, masks=None)
+        multimask = len(order) == 1 and int(labels[row, order[0]]) == LABEL_POSITIVE
+        i = int(batch.object_image_index[row])
+        low, iou, _, object_score = ref.sam_mask_decoder(
+            embed[i : i + 1],
+            pe,
+            sparse,
+            dense,
+            multimask_output=multimask,
+            repeat_image=False,
+            high_res_features=[level0[i : i + 1], level1[i : i + 1]],
+        )
+        logits = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)
+        gt = batch.gt_masks[row : row + 1]
+        out = loss_fn(
+            logits, iou, gt, torch.ones_like(gt), float(len(rows)), object_scores=object_score
+        )
+        out.total.backward(retain_graph=train_encoder and row < len(rows) - 1)
+        total = total + out.total.detach().float()
+    return total
+
+
+def _meta_sam2(variant: str, image_size: int) -> nn.Module:
+    """Meta's `SAM2Base` of `variant` for `image_size` px (random weights): its released
+    config read from the `sam2` package (`sam2.1_hiera_t` -> configs/sam2.1/...), or
+    `reference_sam2.tiny_config()` for `sam2_tiny`."""
+    meta = import_sam2()
+    if variant == "sam2_tiny":
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        config = {**tiny_config(), "image_size": image_size}
+        return instantiate(OmegaConf.create(config), _recursive_=True)
+    version = variant.split("_hiera")[0]
+    with sam2_hydra():
+        return meta.build_sam.build_sam2(
+            f"configs/{version}/{variant}.yaml",
+            device="cpu",
+            mode="train",
+            hydra_overrides_extra=[f"++model.image_size={image_size}"],
+        )
+
+
+def _reference(module: SamFineTuner, args: argparse.Namespace) -> nn.Module:
+    """Meta's model of the variant with the weights of `module.model`, in train mode."""
+    weights = module.model.state_dict()
+    if isinstance(module.model, Sam2):
+        ref = _meta_sam2(args.variant, args.image_size)
+        missing, unexpected = ref.load_state_dict(weights, strict=False)
+        if unexpected or not all(is_video_part(key) for key in missing):
+            raise RuntimeError(
+                f"Meta's {args.variant} does not take samft's state dict: unexpected "
+                f"{unexpected[:5]}, missing image-model keys "
+                f"{[k for k in missing if not is_video_part(k)][:5]}"
+            )
+    else:
+        ref = build_official(import_segment_anything().modeling, args.variant, args.image_size)
+        ref.load_state_dict(weights)
+    return ref.train()
 
 
 def _reset_peak(device: torch.device) -> int:
@@ -156,46 +270,47 @@ def _sync(device: torch.device) -> None:
 
 
 def _run_row(row: str, objects: int, precision: str, args: argparse.Namespace, queue: Any) -> None:
-    """Child process: build the row's model, warm up on batch 0, time the other batches."""
+    """Child process: build the row's model, warm up on batch 0, time the other batches.
+    Puts the row's figures (a dict) on `queue`, the loss of batch 0 among them."""
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    batches, loader_rate = _batches(args, objects)
     encoder = {"naive_full": "full", "samft_lora_ckpt": "lora"}.get(row, "frozen")
     module = _module(args, encoder, ckpt=row == "samft_lora_ckpt").to(device)
+    model = module.model
+    batches, loader_rate = _batches(args, objects, model.resize_interpolation)
     batches = [_to(b, device) for b in batches]
     if row == "cached":
         with torch.no_grad():
             for b in batches:
-                b.embeddings = module.encode_images(b.images).half()
+                cached = model.to_cached(module.encode_images(b.images))
+                b.embeddings = apply_to_collection(cached, torch.Tensor, lambda t: t.half())
     params = [p for p in module.parameters() if p.requires_grad]
     if row.startswith("naive"):
-        ref = build_official(import_segment_anything().modeling, args.variant, args.image_size).to(
-            device
-        )
-        ref.load_state_dict(module.model.state_dict())
-        ref.train()
+        ref = _reference(module, args).to(device)
         ref.image_encoder.requires_grad_(row == "naive_full")
+        naive_step = _naive_step_sam2 if isinstance(model, Sam2) else _naive_step
         params = [p for p in ref.parameters() if p.requires_grad]
         loss_fn = SamLoss()
     optimizer = torch.optim.AdamW(params, lr=1e-5)
 
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
 
-    def step(batch: SamBatch) -> None:
+    def step(batch: SamBatch) -> float:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             if row.startswith("naive"):
-                _naive_step(ref, batch, loss_fn, args.image_size, row == "naive_full")
+                loss = naive_step(ref, batch, loss_fn, args.image_size, row == "naive_full")
             else:
                 loss = module.training_step(batch, 0)
         if not row.startswith("naive"):
             loss.backward()
         optimizer.step()
+        return float(loss)
 
     before = _reset_peak(device)
-    step(batches[0])
+    first_loss = step(batches[0])
     times = []
     for batch in batches[1:]:
         _sync(device)
@@ -213,6 +328,7 @@ def _run_row(row: str, objects: int, precision: str, args: argparse.Namespace, q
             "images": sum(len(b.images) for b in batches[1:]),
             "peak_mib": (_peak(device) - before) / 2**20,
             "loader_images_per_s": loader_rate,
+            "first_loss": first_loss,
         }
     )
 
@@ -223,6 +339,11 @@ def _decoder_bench(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     module = _module(args, "frozen")
     ours = module.model
+    if isinstance(ours, Sam2):
+        raise SystemExit(
+            f"--decoder compares Meta's SAM decoder; {args.variant} is a SAM 2 variant: "
+            "run the training table (without --decoder) for its rows"
+        )
     ref = build_official(import_segment_anything().modeling, args.variant, args.image_size)
     ref.load_state_dict(ours.state_dict())
     ref.train(), ours.train()
@@ -281,9 +402,12 @@ def _decoder_bench(args: argparse.Namespace) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, `image_size` filled in with the variant's default."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", default="tiny", help="tiny, vit_b, vit_l or vit_h")
+    parser.add_argument(
+        "--variant", default="tiny", help="tiny, vit_b, ..., lite_medsam, sam2_tiny, sam2.1_hiera_t"
+    )
     parser.add_argument("--image-size", type=int, default=None, help="default: the variant's")
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 8], help="K per image")
     parser.add_argument("--images", type=int, default=2, help="images per step")
@@ -301,7 +425,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.image_size is None:
-        args.image_size = 256 if args.variant in ("tiny", "lite_medsam") else 1024
+        args.image_size = get_hyper_params(args.variant).image_size
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.decoder:
         _decoder_bench(args)
         return
@@ -329,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"{'row':<17}{'precision':>10}{'K':>3}{'prompts/s':>11}{'images/s':>10}{'x naive':>9}"
-        f"{'x fp32':>8}{'peak MiB':>10}{'loader img/s':>14}"
+        f"{'x fp32':>8}{'peak MiB':>10}{'loader img/s':>14}{'loss@0':>9}"
     )
     for r in results:
         r["prompts_per_s"] = r["prompts"] / r["seconds"]
@@ -354,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['prompts_per_s']:>11.3f}{r['images_per_s']:>10.3f}"
             f"{speed_against('naive', r, r['precision']):>9.1f}"
             f"{speed_against(r['row'], r, 'fp32'):>8.2f}{r['peak_mib']:>10.0f}"
-            f"{r['loader_images_per_s']:>14.2f}"
+            f"{r['loader_images_per_s']:>14.2f}{r['first_loss']:>9.4f}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
