@@ -103,6 +103,8 @@ def test_assert_finite_names_file_and_tensor():
 # ------------------------------------------------------------------------- 2. signals
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_last_ckpt_then_stops(tmp_path, signum):
+    # the handler the process had (default_int_handler; SIG_IGN in a background job)
+    sigint_before = signal.getsignal(signal.SIGINT)
     saver = SaveOnSignal(dirpath=tmp_path / "checkpoints")
     trainer = _trainer(tmp_path, [saver])
     with pytest.raises(SIGTERMException):
@@ -110,7 +112,7 @@ def test_signal_saves_last_ckpt_then_stops(tmp_path, signum):
     assert saver.received == signum
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 3, "the step in flight finished, then the run stopped"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is sigint_before, "the run's handlers are undone"
 
 
 class ToyWithValidation(Toy):
