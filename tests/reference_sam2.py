@@ -302,3 +302,15 @@ def perturb_(model: nn.Module, seed: int, scale: float = 0.05) -> nn.Module:
             if tensor.is_floating_point():
                 tensor.add_(torch.randn(tensor.shape, generator=gen) * scale)
     return model
+
+
+def same_weights_tiny(seed: int) -> tuple[nn.Module, nn.Module]:
+    """(samft's `sam2_tiny`, Meta's model of `tiny_config()`) holding the same random
+    weights, `perturb_`ed with `seed`, both in eval mode (needs `import_sam2()` first)."""
+    from samft.model.registry import build_sam
+
+    torch.manual_seed(0)
+    ref = perturb_(build_tiny_meta(), seed=seed)
+    ours = build_sam("sam2_tiny")
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ours.eval(), ref

@@ -17,9 +17,8 @@ import inspect
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from reference_sam2 import build_tiny_meta, import_sam2, perturb_, sam2_hydra
+from reference_sam2 import import_sam2, perturb_, sam2_hydra, same_weights_tiny
 from torch import nn
 
 from samft.infer.automatic import AutomaticMaskGenerator
@@ -44,11 +43,8 @@ def meta():
 
 @pytest.fixture(scope="module")
 def tiny_pair(meta) -> tuple[Sam2, nn.Module]:
-    torch.manual_seed(0)
-    ref = perturb_(build_tiny_meta(), seed=3)
-    ours = build_sam("sam2_tiny")
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    return ours.eval(), ref
+    """(samft sam2_tiny, Meta's SAM2Base of the same architecture), same random weights."""
+    return same_weights_tiny(seed=3)
 
 
 def _image(path) -> np.ndarray:

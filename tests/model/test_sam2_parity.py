@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from reference_sam2 import build_tiny_meta, import_sam2, perturb_, sam2_hydra
+from reference_sam2 import build_tiny_meta, import_sam2, perturb_, sam2_hydra, same_weights_tiny
 from torch import Tensor, nn
 
 from samft.model.registry import VARIANTS, build_sam
@@ -50,11 +50,7 @@ def meta():
 @pytest.fixture(scope="module")
 def tiny_pair(meta) -> tuple[Sam2, nn.Module]:
     """(samft sam2_tiny, Meta's SAM2Base of the same architecture), same random weights."""
-    torch.manual_seed(0)
-    ref = perturb_(build_tiny_meta(), seed=0)
-    ours = build_sam("sam2_tiny")
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    return ours, ref
+    return same_weights_tiny(seed=0)
 
 
 @pytest.fixture(scope="module")
