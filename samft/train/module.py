@@ -363,9 +363,12 @@ class SamFineTuner(L.LightningModule):
             out = self.decode_round(embeddings, batch, prompts, click)
             best = out.predicted_best()
             # the first round's loss needs every output; later rounds only the kept one
-            kept = out.low_res[rows, best][:, None]
-            logits = batched.upscale(self.model, out.low_res if click == 0 else kept)
-            pred = (logits[rows, best] if click == 0 else logits[:, 0]) > self.model.mask_threshold
+            if click == 0:
+                logits = batched.upscale(self.model, out.low_res)
+                chosen = logits[rows, best]
+            else:
+                chosen = batched.upscale(self.model, out.low_res[rows, best][:, None])[:, 0]
+            pred = chosen > self.model.mask_threshold
             if click == 0:
                 loss = self.loss_fn(
                     logits,
