@@ -11,9 +11,14 @@ record per instance, so `samft segment` writes the same files for both modes:
   predicted centre (lowest centre distance).
 
 Frames: the image is resized to the input frame with the model family's filter, as the
-encoder was trained on; the head's maps are cropped off the padding and resized
-(bilinear) to the original image before the watershed, so the borders are drawn at the
-image's own resolution.
+encoder was trained on (SAM: long side S, then padded to the S x S square; SAM 2: the
+S x S square itself); the head's maps are cropped to the input frame (off SAM's padding;
+all of SAM 2's square) and resized (bilinear) to the original image before the watershed,
+so the borders are drawn at the image's own resolution.
+
+Both SAM generations go through the same steps: the model's `encode` (SAM 2:
+`no_mem_embed` added, the finer levels through `conv_s0` / `conv_s1`, as in training), then
+its `instance_features` give the head its embedding and skips.
 """
 
 from __future__ import annotations
@@ -30,13 +35,13 @@ from samft.data.resize import resize_image
 from samft.infer.instance_watershed import seeded_watershed
 from samft.infer.rle import masks_to_coco
 from samft.model.instance_head import InstanceHead
-from samft.model.sam import Sam
+from samft.model.promptable import TrainableSam
 
 OUTPUT_MODES = ("binary_mask", "coco_rle")
 
 
 class HeadInstanceSegmenter:
-    """A `Sam`'s encoder and an `InstanceHead` with the watershed's thresholds.
+    """A `Sam`'s or `Sam2`'s encoder and an `InstanceHead` with the watershed's thresholds.
 
     Args:
         sam: the model whose encoder the head was trained on (its device is used).
@@ -47,7 +52,7 @@ class HeadInstanceSegmenter:
 
     def __init__(
         self,
-        sam: Sam,
+        sam: TrainableSam,
         head: InstanceHead,
         foreground_thresh: float = 0.5,
         center_thresh: float = 0.5,
@@ -76,9 +81,10 @@ class HeadInstanceSegmenter:
         sam = self.sam
         resized = resize_image(image, sam.image_size, sam.resize_interpolation)
         pixels = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-        x = sam.preprocess(pixels[None].to(sam.device).float())
-        logits = self.head(sam.image_encoder(x), x)
-        h, w = resized.shape[:2]
+        x = sam.preprocess(pixels[None].to(sam.device).float())  # 1 x 3 x S x S
+        embedding, skips = sam.instance_features(sam.encode(x))
+        logits = self.head(embedding, x, skips)  # 1 x 3 x S x S
+        h, w = resized.shape[:2]  # the input frame: SAM's unpadded part, SAM 2's S x S
         probs = logits[:, :, :h, :w].float().sigmoid()
         if (h, w) != image.shape[:2]:
             probs = F.interpolate(probs, size=image.shape[:2], mode="bilinear", align_corners=False)

@@ -37,8 +37,8 @@ Frames: the *original* image is H x W; the *input* frame is what the encoder see
 (`input_frame_size`). Prompts go to the model in the input frame, masks come back in the
 original frame.
 
-Training, evaluation and the embedding cache (`samft.model.batched`) need a few more
-members, `TrainableSam`:
+Training, evaluation, the embedding cache (`samft.model.batched`) and the instance head
+(`samft.model.instance_head`) need a few more members, `TrainableSam`:
 
 =====================  ==========================================  =============================
 step                   Sam                                         Sam2
@@ -53,6 +53,9 @@ decode_all             4 outputs, IoU                              4 outputs, si
 frozen_with_encoder    nothing                                     `no_mem_embed`, `conv_s0`,
                                                                    `conv_s1`
 to_cached/from_cached  the embedding (2 MiB fp16 at 1024)          3 levels (8 MiB fp16)
+instance_features      the embedding, no skips                     image_embed, then skips at
+(instance_skip_        (skip channels ())                          S/8 (C/4 ch., `conv_s1`) and
+channels)                                                          S/4 (C/8 ch., `conv_s0`)
 =====================  ==========================================  =============================
 
 The data pipeline serves each model in its own input frame (`resize_interpolation` picks
@@ -179,4 +182,15 @@ class TrainableSam(PromptableSam, Protocol):
 
     def from_cached(self, cached: Any) -> Any:
         """Stacked cached tensors -> `encode`'s output, in the model's dtype."""
+        ...
+
+    @property
+    def instance_skip_channels(self) -> tuple[int, ...]:
+        """Channels of `instance_features`' skips (the instance head's `skip_channels`)."""
+        ...
+
+    def instance_features(self, features: Any) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """`encode`'s (or `from_cached`'s) output -> what the instance head reads: the
+        `B x C x h' x w'` embedding and the finer maps at 2x, 4x, ... its resolution,
+        coarsest first (`samft.model.instance_head`)."""
         ...

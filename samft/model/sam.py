@@ -279,6 +279,16 @@ class Sam(nn.Module):
         """Stacked cached embeddings (`B x C x h' x w'`, fp16) in the model's dtype."""
         return cached.to(self.pixel_mean.dtype)
 
+    # --- what the instance head reads (samft.model.instance_head) -----------------------
+
+    instance_skip_channels: tuple[int, ...] = ()  # one embedding, no finer level
+
+    @staticmethod
+    def instance_features(features: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """`encode`'s output (`B x C x h' x w'`) -> what the instance head reads: the
+        embedding itself and no skips."""
+        return features, ()
+
     @torch.no_grad()
     def forward(
         self, batched_input: list[dict[str, Any]], multimask_output: bool

@@ -8,7 +8,8 @@ correction rounds follow the SAM paper (`samft.train.rounds`): a click sampled f
 error region of the best mask, with the previous low-res logits fed back as the mask prompt.
 
 An optional instance head (`instance_head.enabled`, `samft.model.instance_head`) reads the
-same embeddings, cached or not, and adds its loss (`loss.instance_weight`) to the prompted
+same embeddings, cached or not (SAM 2: `image_embed` and its two finer levels as skips, the
+model's `instance_features`), and adds its loss (`loss.instance_weight`) to the prompted
 one (`loss.prompted_weight`, 0 to train the head alone); it is kept in `self.instance_head`
 (checkpoint keys `instance_head.*`), apart from the `Sam`, whose checkpoint keys and export
 it leaves as they are. Validation then also logs its loss and the mSA / SA50 of its
@@ -128,18 +129,14 @@ class SamFineTuner(L.LightningModule):
         return sam
 
     def _build_instance_head(self) -> InstanceHead:
-        """The head for this model's embedding (C x h' x w') and input size S, with the
-        weights of `model.checkpoint` when that file holds a head."""
-        if isinstance(self.model, Sam2):
-            raise ValueError(
-                f"instance_head.enabled=true with model.variant={self.model_config.variant}: "
-                "the instance head takes SAM's single image embedding; SAM 2's feature levels "
-                "are not wired to it yet. Use a SAM 1 family model (lite_medsam, vit_b, ...)"
-            )
+        """The head for this model's embedding (C x h' x w'), input size S and skips (SAM 2:
+        its two finer levels, `instance_skip_channels`), with the weights of
+        `model.checkpoint` when that file holds a head."""
         embed_h, _ = self.model.prompt_encoder.image_embedding_size
         head = InstanceHead(
             embed_dim=self.model.prompt_encoder.embed_dim,
             upsample_factor=self.model.image_size // embed_h,
+            skip_channels=self.model.instance_skip_channels,
             **self.instance_head_config.head_arguments(),
         )
         checkpoint = self.model_config.checkpoint
@@ -181,11 +178,13 @@ class SamFineTuner(L.LightningModule):
             return self.model.from_cached(batch.embeddings)
         return self.encode_images(batch.images)
 
-    def instance_logits(self, embeddings: Tensor, batch: SamBatch) -> Tensor:
-        """B x 3 x S x S: the instance head's logits for the batch's images."""
+    def instance_logits(self, embeddings: Any, batch: SamBatch) -> Tensor:
+        """B x 3 x S x S: the instance head's logits for the batch's images, from their
+        features (`batch_embeddings`: SAM's embedding, SAM 2's three levels)."""
         assert self.instance_head is not None
         images = batched.preprocess_images(self.model, batch.images)
-        return self.instance_head(embeddings, images)
+        embedding, skips = self.model.instance_features(embeddings)
+        return self.instance_head(embedding, images, skips)
 
     def image_valid_region(self, batch: SamBatch) -> Tensor:
         """B x S x S, True inside each image (False on the padding)."""
@@ -294,7 +293,7 @@ class SamFineTuner(L.LightningModule):
             prompts = next_round_prompts(prompts, feedback, pred, gt, valid, cfg.click_mode)
         return totals
 
-    def instance_loss(self, embeddings: Tensor, batch: SamBatch, logits: Tensor | None = None):
+    def instance_loss(self, embeddings: Any, batch: SamBatch, logits: Tensor | None = None):
         """The instance head's loss on the batch (`InstanceLoss`), averaged over images."""
         if batch.instance_targets is None:
             raise ValueError(

@@ -11,7 +11,8 @@ head is:
 
 `load_instance_head(checkpoint)` builds it from either; `samft.weights.load_sam` builds the
 SAM from the same path. The head's constructor arguments are read from its tensor shapes
-(`head_arguments`), so the files need no config to be loaded.
+(`head_arguments`; a SAM 2 head's `skip_channels` from its `skips.*` projections), so the
+files need no config to be loaded, whichever SAM generation the head belongs to.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ DEFAULT_THRESHOLDS = {
 }
 
 
-def head_arguments(state_dict: Mapping[str, Tensor]) -> dict[str, int]:
-    """`InstanceHead`'s constructor arguments, from the shapes of its weights."""
+def head_arguments(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
+    """`InstanceHead`'s constructor arguments, from the shapes of its weights
+    (`skip_channels` a list, empty for a SAM 1 family head)."""
     try:
         project = state_dict["project.0.weight"]  # width x embed_dim x 1 x 1
         last = state_dict["out.weight"].shape[1]  # the last stage's width
@@ -56,7 +58,18 @@ def head_arguments(state_dict: Mapping[str, Tensor]) -> dict[str, int]:
         "width": int(project.shape[0]),
         "min_width": int(last),  # reproduces every stage's width (see InstanceHead)
         "image_channels": int(image.shape[0]) if image is not None else 0,
+        "skip_channels": skip_channels(state_dict),
     }
+
+
+def skip_channels(state_dict: Mapping[str, Tensor]) -> list[int]:
+    """The channels of each skip the head projects (`skips.<i>.0.weight`:
+    width x channels x 1 x 1), in order; [] for a head without skips."""
+    count = len({k.split(".")[1] for k in state_dict if k.startswith("skips.")})
+    try:
+        return [int(state_dict[f"skips.{i}.0.weight"].shape[1]) for i in range(count)]
+    except KeyError as err:
+        raise CheckpointError(f"not an instance head's weights: no key {err}") from None
 
 
 def build_instance_head(state_dict: Mapping[str, Tensor], source: str) -> InstanceHead:

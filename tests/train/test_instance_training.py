@@ -5,6 +5,7 @@ runs without a head are unchanged, and a short head-only run learns."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import lightning as L
 import numpy as np
@@ -17,6 +18,7 @@ from samft.data.dataset import SamDataset
 from samft.data.instance_targets import instance_targets
 from samft.data.readers import build_reader
 from samft.model import batched
+from samft.model.transforms import SQUARE_RESIZE
 from samft.train.instance_loss import instance_head_loss
 from samft.train.module import SamFineTuner
 
@@ -81,20 +83,25 @@ def test_collation_pads_the_maps(nuclei):
     assert next(iter(plain.train_dataloader())).instance_targets is None
 
 
-def _module(**kwargs) -> SamFineTuner:
+# the data pipeline's resize for each variant: SAM's long side, SAM 2's square
+RESIZE = {"tiny": "bilinear", "sam2_tiny": SQUARE_RESIZE}
+
+
+def _module(variant: str = "tiny", **kwargs) -> SamFineTuner:
     torch.manual_seed(0)
     return SamFineTuner(
-        model={"variant": "tiny", "image_size": 64},
+        model={"variant": variant, "image_size": 64},
         optim={"lr": 3e-3, "warmup_steps": 0, "schedule": "constant"},
         interactive={"val_clicks": [1]},
         **kwargs,
     )
 
 
-def _batch(nuclei, batch_size=2):
+def _batch(nuclei, batch_size=2, variant="tiny"):
     dm = SamDataModule(
         train=nuclei,
         image_size=64,
+        resize_interpolation=RESIZE[variant],
         batch_size=batch_size,
         num_workers=0,
         max_objects_per_image=2,
@@ -153,21 +160,28 @@ def test_without_a_head_nothing_changes():
         _module(instance_head={"enabled": True, "widht": 8})
 
 
-def test_a_head_alone_on_a_frozen_encoder_learns_and_validates(nuclei, tmp_path):
+@pytest.mark.parametrize("variant", ["tiny", "sam2_tiny"])
+def test_a_head_alone_on_a_frozen_encoder_learns_and_validates(nuclei, tmp_path, variant):
+    """SAM 2's head also reads its two finer levels, through `conv_s1` / `conv_s0`, which
+    a frozen encoder keeps frozen."""
     dm = SamDataModule(
         train=nuclei,
         val=nuclei,
         image_size=64,
+        resize_interpolation=RESIZE[variant],
         batch_size=4,
         num_workers=0,
         max_objects_per_image=2,
         instance_targets=True,
     )
     module = _module(
+        variant,
         instance_head={"enabled": True, "width": 32},
         loss={"prompted_weight": 0.0},
         finetune={"image_encoder": "frozen", "prompt_encoder": False, "mask_decoder": False},
     )
+    assert module.instance_head.skip_channels == module.model.instance_skip_channels
+    assert module.instance_head.skip_channels == {"tiny": (), "sam2_tiny": (16, 8)}[variant]
     decoder_before = {k: v.clone() for k, v in module.model.state_dict().items()}
     trainer = L.Trainer(
         accelerator="cpu",
@@ -189,3 +203,42 @@ def test_a_head_alone_on_a_frozen_encoder_learns_and_validates(nuclei, tmp_path)
         torch.testing.assert_close(value, decoder_before[key])
     metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
     assert {"val/instance_loss", "val/instance_msa", "val/instance_sa50"} <= set(metrics)
+
+
+def test_a_sam2_head_reads_its_three_levels_cached_or_not(nuclei):
+    """The loss of a SAM 2 head from the encoder equals, up to fp16, its loss from the
+    cached levels, and both are the head's loss on `image_embed` with the S/8 and S/4 levels
+    as skips (SAM 2's square frame: every pixel valid)."""
+    batch = _batch(nuclei, variant="sam2_tiny")
+    assert batch.input_sizes.tolist() == [[64, 64], [64, 64]]
+    module = _module(
+        "sam2_tiny",
+        instance_head={"enabled": True, "width": 16},
+        loss={"prompted_weight": 0.0},
+        finetune={"image_encoder": "frozen"},
+    )
+    module.log = lambda *args, **kwargs: None
+    sam, head = module.model, module.instance_head
+    assert head.upsample_factor == 16  # 64 px -> 4 x 4 tokens
+    with torch.no_grad():
+        features = module.encode_images(batch.images)
+        cached = tuple(level.half() for level in sam.to_cached(features))
+        from_encoder = module.training_step(batch, 0)
+        from_cache = module.training_step(dataclasses.replace(batch, embeddings=cached), 0)
+        images = batched.preprocess_images(sam, batch.images)
+        s0, s1 = features.high_res  # 8 x 16 x 16 and 16 x 8 x 8
+        by_hand = instance_head_loss(
+            head(features.image_embed, images, (s1, s0)),
+            batch.instance_targets,
+            torch.ones(2, 64, 64, dtype=torch.bool),
+            2.0,
+        )
+        without_skips = instance_head_loss(
+            head(features.image_embed, images, (torch.zeros_like(s1), torch.zeros_like(s0))),
+            batch.instance_targets,
+            torch.ones(2, 64, 64, dtype=torch.bool),
+            2.0,
+        )
+    torch.testing.assert_close(from_encoder, by_hand.total)
+    torch.testing.assert_close(from_cache, from_encoder, atol=1e-3, rtol=1e-3)
+    assert abs(without_skips.total.item() - by_hand.total.item()) > 1e-4  # the skips count

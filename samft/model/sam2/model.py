@@ -11,9 +11,11 @@ bilinearly with antialiasing, then normalised with ImageNet's mean and std.
 `decode` and `masks_to_original` are the interface prompted inference shares with SAM
 (`samft.model.promptable`); `sparse_embeddings`, `decode_all`, `frozen_with_encoder`,
 `encoder_state_dict`, `to_cached` / `from_cached` the one batched training and the
-embedding cache share (`samft.model.batched`). Training data comes in this model's input
-frame: the data pipeline resizes images and masks to the S x S square
-(`resize_interpolation`), so prompts drawn from the masks need no mapping.
+embedding cache share (`samft.model.batched`); `instance_features` and
+`instance_skip_channels` what the instance head reads (`samft.model.instance_head`).
+Training data comes in this model's input frame: the data pipeline resizes images and masks
+to the S x S square (`resize_interpolation`), so prompts drawn from the masks need no
+mapping.
 
 The state dict is Meta's (`image_encoder.trunk.*`, `image_encoder.neck.*`,
 `sam_prompt_encoder.*`, `sam_mask_decoder.*`, `no_mem_embed`), plus the video model's
@@ -284,6 +286,21 @@ class Sam2(nn.Module):
         model's dtype."""
         dtype = self.pixel_mean.dtype
         return Sam2Features.from_tensors([t.to(dtype) for t in cached])
+
+    @property
+    def instance_skip_channels(self) -> tuple[int, ...]:
+        """Channels of `instance_features`' skips: (C/4, C/8), `conv_s1`'s and `conv_s0`'s
+        outputs (64 and 32 for every released SAM 2)."""
+        decoder = self.sam_mask_decoder
+        return (decoder.conv_s1.out_channels, decoder.conv_s0.out_channels)
+
+    @staticmethod
+    def instance_features(features: Sam2Features) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """`encode`'s output -> what the instance head reads: `image_embed`
+        (`B x C x S/16 x S/16`) and, coarsest first, the skips `B x C/4 x S/8 x S/8` and
+        `B x C/8 x S/4 x S/4` (`high_res` reversed)."""
+        level0, level1 = features.high_res
+        return features.image_embed, (level1, level0)
 
     def input_frame_size(self, original_size: Sequence[int]) -> tuple[int, int]:
         """(S, S): every image is resized to the square, whatever its H x W."""
