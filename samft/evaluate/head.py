@@ -2,9 +2,10 @@
 the point grid, so the two sit side by side in `samft eval mode=instance`.
 
 Every image goes through the encoder and the head once (`HeadInstanceSegmenter.maps`,
-timed); the watershed's `foreground_thresh` x `center_thresh` x `boundary_thresh` grid is
-then searched on those maps (the best mean `criterion` over images), and the best cell's
-instances are scored against every annotated object of the image:
+timed; SAM and SAM 2 alike); the watershed's `foreground_thresh` x `center_thresh` x
+`boundary_thresh` grid is then searched on those maps (the best mean `criterion` over
+images), and the best cell's instances are scored against every annotated object of the
+image:
 
 - `mSA`, `SA50`, `SA75`, `precision50`, `recall50`, `f1_50`, `n_pred`, `n_gt`,
   `pooled_mSA`, `n_images`: `samft.train.instance_metrics` on the watershed's label image.

@@ -177,8 +177,8 @@ class LossConfig:
 class InstanceHeadConfig:
     """The instance head for prompt-free instance segmentation (`samft.model.instance_head`;
     key `instance_head`): off unless `enabled`. `width`, `min_width` and `image_channels`
-    are `InstanceHead`'s arguments; its upsampling follows from the model (input size /
-    embedding size)."""
+    are `InstanceHead`'s arguments; its upsampling (input size / embedding size) and its
+    skips (SAM 2's finer levels, `instance_skip_channels`) follow from the model."""
 
     enabled: bool = False
     width: int = 64

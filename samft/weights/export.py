@@ -7,7 +7,7 @@ into the base weights (`samft.weights.read_state_dict` does both), and writes it
 strictly in `segment_anything.sam_model_registry[variant]` (for vit_b/l/h at 1024 px) or
 in `samft.weights.load_sam`.
 
-A checkpoint trained with an instance head (`instance_head.*` keys) also gets
+A checkpoint trained with an instance head (`instance_head.*` keys; SAM or SAM 2) also gets
 `<stem>.instance_head.safetensors` beside the SAM files, which stay as they are; the sidecar
 lists it under `files` and describes it under `instance_head` (`samft.weights.instance_head`,
 whose `load_instance_head(<stem>.pth)` loads it).
