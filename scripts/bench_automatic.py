@@ -14,6 +14,14 @@ predicted IoUs below 0.25, so the official defaults (0.88 / 0.95) keep no mask a
 
 Prints the wall and CPU time of each `generate`, the ratios, the mask counts and how many of Meta's
 masks samft reproduces (same point, mask IoU >= 0.99).
+
+Head mode (`--head CHECKPOINT`, a checkpoint or export with an instance head): samft's point
+grid against its trained instance head, both on that checkpoint's SAM (same weights, same
+image, same process), `--repeats` times interleaved; prints the median wall and CPU time of
+each and the grid / head ratio. The grid's timing covers its proposals whatever the
+thresholds keep; the head uses the watershed thresholds stored with it:
+
+    .venv/bin/python scripts/bench_automatic.py --head exports/lms_instance.pth --threads 2
 """
 
 from __future__ import annotations
@@ -38,13 +46,17 @@ from reference_tinyvit import (  # noqa: E402
     lite_medsam_checkpoint,
 )
 
+from samft.data.images import read_rgb  # noqa: E402
 from samft.infer import mask_ops  # noqa: E402
 from samft.infer.automatic import AutomaticMaskGenerator  # noqa: E402
+from samft.infer.head_segment import HeadInstanceSegmenter  # noqa: E402
 from samft.infer.rle import rles_to_masks  # noqa: E402
 from samft.model.mask_decoder import MaskDecoder  # noqa: E402
 from samft.model.prompt_encoder import PromptEncoder  # noqa: E402
 from samft.model.sam import Sam  # noqa: E402
 from samft.model.transformer import TwoWayTransformer  # noqa: E402
+from samft.weights import load_instance_head, load_sam  # noqa: E402
+from samft.weights.instance_head import head_thresholds  # noqa: E402
 
 DEFAULT_IMAGE = (
     ROOT.parent / "shared" / "data" / "dsb-nuclei" / "val" / "images" / "0ddd8deaf1696db6.png"
@@ -60,6 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stability-score-thresh", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-official", action="store_true", help="time samft only")
+    parser.add_argument(
+        "--head", default=None, help="checkpoint with an instance head: grid vs head instead"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="head mode: runs of each")
     return parser.parse_args(argv)
 
 
@@ -146,9 +162,49 @@ def timed(generator, image: np.ndarray) -> tuple[list[dict], float, float]:
     return records, time.perf_counter() - wall, time.process_time() - cpu
 
 
+def grid_against_head(args: argparse.Namespace, image: np.ndarray) -> None:
+    """Time samft's point grid and the checkpoint's instance head, interleaved, on one
+    image and one SAM (see the module docstring)."""
+    grid = AutomaticMaskGenerator(
+        load_sam(args.head),
+        points_per_side=args.points_per_side,
+        points_per_batch=args.points_per_batch,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        output_mode="uncompressed_rle",
+    )
+    head = load_instance_head(args.head)
+    if head is None:
+        raise SystemExit(f"--head {args.head}: the checkpoint holds no instance head")
+    thresholds = head_thresholds(args.head)
+    segmenter = HeadInstanceSegmenter(grid.model, head, **thresholds)
+    print(
+        f"image {Path(args.image).name} {image.shape[1]} x {image.shape[0]}, "
+        f"{args.points_per_side}^2 points against the instance head of {args.head} "
+        f"({thresholds}), {args.repeats} runs each, {torch.get_num_threads()} thread(s)"
+    )
+    times: dict[str, list[tuple[float, float]]] = {"grid": [], "head": []}
+    counts = {}
+    with torch.no_grad():
+        segmenter.generate(image)  # first call: allocations and lazy imports, untimed
+        for _ in range(args.repeats):
+            for name, generator in (("grid", grid), ("head", segmenter)):
+                records, wall, cpu = timed(generator, image)
+                times[name].append((wall, cpu))
+                counts[name] = len(records)
+    median = {name: np.median(np.array(runs), axis=0) for name, runs in times.items()}
+    for name, (wall, cpu) in median.items():
+        print(f"{name}: {wall:8.2f} s wall {cpu:8.2f} s CPU  {counts[name]:5d} masks (median)")
+    ratio = median["grid"] / median["head"]
+    print(f"head speed-up over the grid: {ratio[0]:.1f}x wall, {ratio[1]:.1f}x CPU time")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.head is not None:
+        grid_against_head(args, read_rgb(args.image))  # as `samft segment` reads it
+        return
     official = import_segment_anything()
     official.automatic_mask_generator.batched_nms = mask_ops.batched_nms
     official.automatic_mask_generator.box_area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])

@@ -73,6 +73,18 @@ def grid_values(fixed: Any, values: Any, key: str) -> list[float] | None:
     return [float(v) for v in values]
 
 
+def min_size_values(fixed: Any, values: Any) -> list[int] | None:
+    """The head's `min_size` values searched: `[fixed]` when set, else the list (None: 0)."""
+    found = grid_values(fixed, values, "min_size")
+    if found is None:
+        return None
+    if any(v < 0 or v != int(v) for v in found):
+        raise ValueError(
+            f"instance.min_size(s)={found}: sizes are whole pixel counts >= 0, e.g. [0,8,16,32]"
+        )
+    return [int(v) for v in found]
+
+
 def sidecar_targets(value: Any, checkpoints: Sequence[str]) -> list[Path | None]:
     """`instance.write_thresholds_to` as one sidecar (or None) per checkpoint, each checked
     to be the sidecar of an export of that checkpoint, before any model runs."""
@@ -121,7 +133,7 @@ def _score_head(cfg: DictConfig, path: str, spec: dict) -> InstanceResult:
         foreground_threshs=values["foreground_thresh"],
         center_threshs=values["center_thresh"],
         boundary_threshs=values["boundary_thresh"],
-        min_size=int(opts.get("min_size") or 0),
+        min_sizes=min_size_values(opts.get("min_size"), opts.get("min_sizes")),
         criterion=opts.criterion,
         max_images=cfg.max_images,
         variant=cfg.variant,

@@ -3,9 +3,10 @@ the point grid, so the two sit side by side in `samft eval mode=instance`.
 
 Every image goes through the encoder and the head once (`HeadInstanceSegmenter.maps`,
 timed; SAM and SAM 2 alike); the watershed's `foreground_thresh` x `center_thresh` x
-`boundary_thresh` grid is then searched on those maps (the best mean `criterion` over
-images), and the best cell's instances are scored against every annotated object of the
-image:
+`boundary_thresh` x `min_size` grid is then searched on those maps (the best mean
+`criterion` over images; each cell's watershed runs once, its instances then filtered by
+each `min_size`), and the best cell's instances are scored against every annotated object
+of the image:
 
 - `mSA`, `SA50`, `SA75`, `precision50`, `recall50`, `f1_50`, `n_pred`, `n_gt`,
   `pooled_mSA`, `n_images`: `samft.train.instance_metrics` on the watershed's label image.
@@ -35,7 +36,7 @@ from samft.evaluate.coco_ap import coco_mask_ap
 from samft.evaluate.report import describe_checkpoint
 from samft.evaluate.threshold_search import CRITERIA, GridSearchResult
 from samft.infer.head_segment import HeadInstanceSegmenter, instance_records
-from samft.infer.instance_watershed import seeded_watershed
+from samft.infer.instance_watershed import relabel, seeded_watershed
 from samft.model.device import resolve_device
 from samft.train.instance_metrics import aggregate, instance_scores
 from samft.weights import load_instance_head, load_sam
@@ -52,7 +53,7 @@ def evaluate_head(
     foreground_threshs: Sequence[float] | None = None,
     center_threshs: Sequence[float] | None = None,
     boundary_threshs: Sequence[float] | None = None,
-    min_size: int = 0,
+    min_sizes: Sequence[int] | None = None,
     criterion: str = "mSA",
     max_images: int | None = None,
     variant: str | None = None,
@@ -60,7 +61,9 @@ def evaluate_head(
     name: str = "data",
 ) -> InstanceResult:
     """Search the watershed's thresholds on the split and score the best cell (see the
-    module docstring). Each `*_threshs` is the list of values searched (None: 0.5)."""
+    module docstring). Each `*_threshs` is the list of values searched (None: 0.5);
+    `min_sizes` the smallest instance sizes searched, in pixels of the original image
+    (None: 0, every instance kept)."""
     if criterion not in CRITERIA:
         raise ValueError(f"instance.criterion={criterion!r}; expected one of {list(CRITERIA)}")
     cells = list(
@@ -70,6 +73,9 @@ def evaluate_head(
             ))
         )
     )  # fmt: skip
+    sizes = [int(v) for v in min_sizes] if min_sizes else [0]
+    if min(sizes) < 0:
+        raise ValueError(f"instance.min_sizes={sizes}: sizes are pixel counts, >= 0")
     summary = describe_checkpoint(checkpoint, variant)
     head = load_instance_head(summary.path)
     if head is None:
@@ -81,25 +87,29 @@ def evaluate_head(
     sam = load_sam(summary.path, variant=summary.variant, image_size=summary.image_size)
     segmenter = HeadInstanceSegmenter(sam.to(resolve_device(device)), head)
     log.info("instance head of %s on %d images, %d threshold cells", summary.path,
-             len(records), len(cells))  # fmt: skip
-    maps, truths, seconds, per_cell = [], [], [], [[] for _ in cells]
+             len(records), len(cells) * len(sizes))  # fmt: skip
+    # one list of per-image scores for each (cell, min_size), cells outer
+    maps, truths, seconds, per_cell = [], [], [], [[] for _ in range(len(cells) * len(sizes))]
     for record in records:
         loaded = reader.load(record, range(len(record.objects)))
         start = time.perf_counter()
         image_maps = segmenter.maps(loaded.image)
         seconds.append(time.perf_counter() - start)
         truth = ground_truth_labels(loaded.masks)
-        for scores, cell in zip(per_cell, cells, strict=True):
-            labels = seeded_watershed(*image_maps, *cell, min_size=min_size)
-            scores.append(instance_scores(labels, truth))
+        for index, cell in enumerate(cells):
+            flooded = seeded_watershed(*image_maps, *cell)
+            for offset, size in enumerate(sizes):
+                labels = relabel(flooded, size) if size else flooded
+                per_cell[index * len(sizes) + offset].append(instance_scores(labels, truth))
         maps.append(image_maps)
         truths.append(truth)
+    keys = (*HEAD_THRESHOLDS, "min_size")
     rows = [
-        {**dict(zip(HEAD_THRESHOLDS, cell, strict=True)), **_plain(aggregate(scores))}
-        for cell, scores in zip(cells, per_cell, strict=True)
+        {**dict(zip(keys, (*cell, size), strict=True)), **_plain(aggregate(scores))}
+        for (cell, size), scores in zip(itertools.product(cells, sizes), per_cell, strict=True)
     ]
     best = max(rows, key=lambda row: row[criterion])
-    chosen = tuple(best[key] for key in HEAD_THRESHOLDS)
+    chosen, min_size = tuple(best[key] for key in HEAD_THRESHOLDS), int(best["min_size"])
 
     kept, scores, images = [], [], []
     for index, (record, image_maps, truth) in enumerate(zip(records, maps, truths, strict=True)):

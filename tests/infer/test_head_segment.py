@@ -13,15 +13,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage as ndi
 from torch import nn
 
 from samft.__main__ import main
 from samft.data.instance_targets import instance_targets
+from samft.data.readers import build_reader
+from samft.evaluate.automatic import ground_truth_labels
+from samft.evaluate.head import evaluate_head
 from samft.infer.head_segment import HeadInstanceSegmenter
-from samft.infer.instance_watershed import relabel
+from samft.infer.instance_watershed import relabel, seeded_watershed
 from samft.infer.record_masks import segmentation_mask
 from samft.infer.segment import segment
 from samft.model.registry import build_sam
+from samft.train.instance_metrics import instance_scores
 from samft.train.module import SamFineTuner
 from samft.weights import load_instance_head, load_sam, read_state_dict
 from samft.weights.export import export_checkpoint
@@ -169,3 +174,29 @@ def test_eval_scores_the_grid_and_the_head_side_by_side(trained, nuclei, tmp_pat
     assert head["n_images"] == 1 and head["seconds_per_image"] > 0
     assert len(report["checkpoints"][1]["grid_search"]["rows"]) == 2
     assert "mSA" in report["difference_b_minus_a"]
+
+
+def test_eval_searches_the_smallest_instance_size(trained, nuclei, monkeypatch):
+    """The head answers an image's exact maps plus a 3-pixel speck on the background: the
+    search over `min_sizes` keeps min_size 4, which drops the speck and nothing else, and
+    its scores are those of the watershed run by hand at that size."""
+    spec = {"format": "folder", "images": str(nuclei / "images"), "masks": str(nuclei / "masks")}
+    reader = build_reader(spec, "data.val")
+    record = reader.records[0]
+    truth = ground_truth_labels(reader.load(record, range(len(record.objects))).masks)
+    assert truth.ndim == 2 and np.bincount(truth.ravel())[1:].min() >= 4
+    free = ndi.binary_erosion(truth == 0, np.ones((7, 7)), border_value=0)
+    row, col = np.argwhere(free)[0]
+    with_speck = truth.copy()
+    with_speck[row, col - 1 : col + 2] = truth.max() + 1  # 1 x 3 pixels, 3 px from any nucleus
+    maps = instance_targets(with_speck)
+    monkeypatch.setattr(HeadInstanceSegmenter, "maps", lambda self, image: maps)
+
+    result = evaluate_head(trained, spec, min_sizes=[0, 4], max_images=1, device="cpu")
+    rows = {row["min_size"]: row for row in result.search.rows}
+    assert set(rows) == {0, 4} and result.summary.metrics["min_size"] == 4
+    assert rows[0]["n_pred"] == rows[4]["n_pred"] + 1 == truth.max() + 1
+    assert rows[4]["mSA"] > rows[0]["mSA"]
+    by_hand = instance_scores(seeded_watershed(*maps, min_size=4), truth)
+    assert result.summary.metrics["mSA"] == pytest.approx(by_hand["mSA"])
+    assert result.summary.metrics["n_pred"] == by_hand["n_pred"]
