@@ -32,9 +32,10 @@ TABLE_ORDER = (
     "foreground_thresh",
     "center_thresh",
     "boundary_thresh",
+    "min_size",
     "seconds_per_image",
 )
-COUNTS = ("n_pred", "n_gt", "n_masks", "n_images")
+COUNTS = ("n_pred", "n_gt", "n_masks", "n_images", "min_size")
 THRESHOLDS = ("pred_iou_thresh", "stability_score_thresh")
 HEAD_THRESHOLDS = ("foreground_thresh", "center_thresh", "boundary_thresh")
 
@@ -91,8 +92,9 @@ def instance_notes(
     if "head" in kinds:
         lines.append(
             "instance head: one encoder and head pass an image, then a seeded watershed; its "
-            f"foreground/center/boundary thresholds chosen by {settings['criterion']} over "
-            "the values given (one value each: fixed, no search) on this split. AP ranks its "
+            f"foreground/center/boundary thresholds and min_size (pixels) chosen by "
+            f"{settings['criterion']} over the values given (one value each: fixed, no "
+            "search) on this split. AP ranks its "
             "instances by their mean foreground probability."
         )
     lines.append(
