@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from head_runs import save_head_checkpoint
 from PIL import Image
 from scipy import ndimage as ndi
 from torch import nn
@@ -27,7 +28,6 @@ from samft.infer.record_masks import segmentation_mask
 from samft.infer.segment import segment
 from samft.model.registry import build_sam
 from samft.train.instance_metrics import instance_scores
-from samft.train.module import SamFineTuner
 from samft.weights import load_instance_head, load_sam, read_state_dict
 from samft.weights.export import export_checkpoint
 
@@ -81,20 +81,8 @@ def test_exact_maps_give_the_exact_instances_and_records():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A samft Lightning checkpoint of a tiny SAM with a (random) instance head."""
-    torch.manual_seed(0)
-    module = SamFineTuner(
-        model={"variant": "tiny", "image_size": 64},
-        instance_head={"enabled": True, "width": 16, "image_channels": 4},
-    )
     path = tmp_path_factory.mktemp("run") / "last.ckpt"
-    torch.save(
-        {
-            "pytorch-lightning_version": "2.5.0",
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-        },
-        path,
-    )
+    save_head_checkpoint(path, "tiny", 64)
     return path
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from head_runs import save_head_checkpoint
 from PIL import Image
 from torch import nn
 
@@ -27,7 +28,6 @@ from samft.infer.segment import segment
 from samft.model.registry import build_sam
 from samft.model.transforms import SQUARE_RESIZE
 from samft.train.instance_metrics import instance_scores
-from samft.train.module import SamFineTuner
 from samft.weights import load_instance_head, load_sam, read_state_dict
 from samft.weights.export import export_checkpoint
 
@@ -40,21 +40,9 @@ IMAGE = "220b37f4ca7cab48.png"  # a 256 x 320 val image: not square
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A samft Lightning checkpoint of `sam2_tiny` at 64 px with a (random) instance head."""
-    torch.manual_seed(0)
-    module = SamFineTuner(
-        model={"variant": "sam2_tiny", "image_size": SIZE},
-        instance_head={"enabled": True, "width": 16, "image_channels": 4},
-    )
-    assert module.instance_head.skip_channels == (16, 8)
     path = tmp_path_factory.mktemp("run") / "last.ckpt"
-    torch.save(
-        {
-            "pytorch-lightning_version": "2.5.0",
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-        },
-        path,
-    )
+    module = save_head_checkpoint(path, "sam2_tiny", SIZE)
+    assert module.instance_head.skip_channels == (16, 8)
     return path
 
 
