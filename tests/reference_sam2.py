@@ -18,6 +18,7 @@ import sys
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -304,13 +305,27 @@ def perturb_(model: nn.Module, seed: int, scale: float = 0.05) -> nn.Module:
     return model
 
 
+def perturbed_tiny_meta(seed: int) -> nn.Module:
+    """Meta's model of `tiny_config()`, built after `torch.manual_seed(0)` and `perturb_`ed
+    with `seed`, in eval mode (needs `import_sam2()` first)."""
+    torch.manual_seed(0)
+    return perturb_(build_tiny_meta(), seed=seed)
+
+
+def save_meta_tiny(path: Path, seed: int) -> nn.Module:
+    """`perturbed_tiny_meta(seed)` saved to `path` as Meta ships its SAM 2 checkpoints
+    (`{"model": state_dict}`); the model (needs `import_sam2()` first)."""
+    ref = perturbed_tiny_meta(seed)
+    torch.save({"model": ref.state_dict()}, path)
+    return ref
+
+
 def same_weights_tiny(seed: int) -> tuple[nn.Module, nn.Module]:
     """(samft's `sam2_tiny`, Meta's model of `tiny_config()`) holding the same random
     weights, `perturb_`ed with `seed`, both in eval mode (needs `import_sam2()` first)."""
     from samft.model.registry import build_sam
 
-    torch.manual_seed(0)
-    ref = perturb_(build_tiny_meta(), seed=seed)
+    ref = perturbed_tiny_meta(seed)
     ours = build_sam("sam2_tiny")
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ours.eval(), ref

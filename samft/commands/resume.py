@@ -3,7 +3,7 @@ metrics, and the command that does it.
 
 `samft train ckpt_path=<run>/checkpoints/last.ckpt` goes on in `<run>` (`resume_in_place`),
 reads the checkpoint safely and refuses one of another model, size or encoder mode
-(`resume_checkpoint`), and keeps one `metrics.csv` with every row (`keep_earlier_metrics`);
+(`resume_point`, read once), and keeps one `metrics.csv` with every row (`keep_earlier_metrics`);
 a stopped run prints `resume_command`.
 """
 
@@ -12,7 +12,9 @@ from __future__ import annotations
 import csv
 import logging
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import CSVLogger
@@ -48,23 +50,58 @@ def resumes_in(ckpt_path: str | None, output_dir: Path) -> bool:
     return output_dir.resolve() in Path(ckpt_path).resolve().parents
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """What `ckpt_path=` resumes: the checkpoint (a path, a name Lightning resolves itself,
+    or None) and the training step it was saved at (None when samft did not read it)."""
+
+    path: str | None
+    global_step: int | None = None
+
+
+def resume_point(
+    ckpt_path: str | None,
+    image_encoder: str,
+    variant: str | None = None,
+    image_size: int | None = None,
+) -> ResumePoint:
+    """The checkpoint `ckpt_path=` resumes, checked before any work and read once: a
+    readable samft Lightning checkpoint of the same encoder mode, and of this run's model
+    `variant` and input `image_size` when given. A damaged file falls back, with a warning,
+    to the copy its last save kept (`last.ckpt.prev`)."""
+    if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES:
+        return ResumePoint(ckpt_path or None)
+    path, checkpoint = _read_or_previous(Path(ckpt_path))
+    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
+        raise CheckpointError(
+            f"ckpt_path={path}: not a samft training checkpoint. ckpt_path resumes a samft "
+            "Lightning checkpoint (.ckpt, with optimizer and step); to start from weights "
+            f"use model.checkpoint={path}"
+        )
+    hyper_parameters = checkpoint.get("hyper_parameters") or {}
+    _check_same_model(path, hyper_parameters.get("model") or {}, variant, image_size)
+    _check_same_encoder_mode(path, hyper_parameters.get("finetune") or {}, image_encoder)
+    return ResumePoint(str(path), checkpoint.get("global_step"))
+
+
 def resume_checkpoint(
     ckpt_path: str | None,
     image_encoder: str,
     variant: str | None = None,
     image_size: int | None = None,
 ) -> str | None:
-    """The checkpoint `ckpt_path=` resumes, checked before any work: a readable samft
-    Lightning checkpoint of the same encoder mode, and of this run's model `variant` and
-    input `image_size` when given. A damaged file falls back, with a warning, to the copy
-    its last save kept (`last.ckpt.prev`)."""
-    if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES:
-        return ckpt_path or None
-    path = Path(ckpt_path)
+    """The path (or Lightning name) of `resume_point(...)`: the checkpoint `ckpt_path=`
+    resumes, checked before any work."""
+    return resume_point(ckpt_path, image_encoder, variant, image_size).path
+
+
+def _read_or_previous(path: Path) -> tuple[Path, Any]:
+    """(the file read, its contents): `path`, or the copy its last save kept when `path`
+    is damaged (with a warning). CheckpointError when neither can be read safely."""
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={path}: file not found")
     try:
-        checkpoint = load_tensor_file(path, mmap=True)
+        return path, load_tensor_file(path, mmap=True)
     except UnsafeCheckpointError as err:
         raise CheckpointError(f"ckpt_path={path}: {err}") from None
     except CheckpointError as err:
@@ -75,20 +112,15 @@ def resume_checkpoint(
                 f"resume from another checkpoint of the run. ({err})"
             ) from None
         log.warning("ckpt_path=%s cannot be read (%s); resuming from %s", path, err, previous)
-        path = previous
-        try:
-            checkpoint = load_tensor_file(path, mmap=True)
-        except CheckpointError as err:
-            raise CheckpointError(f"ckpt_path={path}: {err}") from None
-    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
-        raise CheckpointError(
-            f"ckpt_path={path}: not a samft training checkpoint. ckpt_path resumes a samft "
-            "Lightning checkpoint (.ckpt, with optimizer and step); to start from weights "
-            f"use model.checkpoint={path}"
-        )
-    hyper_parameters = checkpoint.get("hyper_parameters") or {}
-    _check_same_model(path, hyper_parameters.get("model") or {}, variant, image_size)
-    finetune = hyper_parameters.get("finetune") or {}
+    try:
+        return previous, load_tensor_file(previous, mmap=True)
+    except CheckpointError as err:
+        raise CheckpointError(f"ckpt_path={previous}: {err}") from None
+
+
+def _check_same_encoder_mode(path: Path, finetune: dict, image_encoder: str) -> None:
+    """CheckpointError when the checkpoint was trained with another
+    `finetune.image_encoder` than this run's (their weights differ: LoRA adapters)."""
     saved = finetune.get("image_encoder")
     if saved and saved != image_encoder:
         raise CheckpointError(
@@ -97,7 +129,6 @@ def resume_checkpoint(
             f"Resume with the same finetune config, or start a new run from its weights with "
             f"model.checkpoint={path}"
         )
-    return str(path)
 
 
 def _check_same_model(path: Path, saved: dict, variant: str | None, image_size: int | None) -> None:

@@ -17,7 +17,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from samft.train.bounds import (
+from samft.bounds import (
     AT_LEAST_ONE,
     FRACTION,
     NON_NEGATIVE,

@@ -27,9 +27,9 @@ from samft.commands.common import (
 from samft.commands.quiet import quiet_library_noise
 from samft.commands.resume import (
     keep_earlier_metrics,
-    resume_checkpoint,
     resume_command,
     resume_in_place,
+    resume_point,
     resumes_in,
 )
 from samft.commands.run_config import write_run_config
@@ -43,7 +43,6 @@ from samft.weights.files import (
     UnsafeCheckpointError,
     allowed_checkpoint_types,
 )
-from samft.weights.lightning import read_lightning_info
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +71,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
-    ckpt_path = resume_checkpoint(
+    resume = resume_point(  # the one read of ckpt_path by samft (Lightning's own follows)
         cfg.ckpt_path,
         module.finetune_config.image_encoder,
         module.model_config.variant,
         module.model.image_size,
     )
+    ckpt_path = resume.path
     if getattr(module.model.image_encoder, "freeze_batchnorm", False):
         log.info(
             "the TinyViT encoder's BatchNorm layers keep their released running statistics "
@@ -87,10 +87,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     datamodule = build_datamodule(cfg, open_embedding_cache(cfg, module))
     loggers = build_loggers(cfg)
     if is_launcher_process():
-        resumed = (
-            read_lightning_info(ckpt_path) if ckpt_path and Path(ckpt_path).is_file() else None
-        )
-        keep_earlier_metrics(loggers, resumed["global_step"] if resumed else None)
+        keep_earlier_metrics(loggers, resume.global_step)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=build_callbacks(cfg))
     if not cfg.model.checkpoint and not ckpt_path and trainer.is_global_zero:
         # trained from scratch: keep the start point, so `samft eval` can show the gain

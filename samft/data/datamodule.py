@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from samft.bounds import AT_LEAST_ONE, NON_NEGATIVE, Bounds, check_bounds
 from samft.data.augment import AugmentSpec, build_augment
 from samft.data.cache import EmbeddingCache, flip_probabilities, orientations_for
 from samft.data.collate import collate_samples
@@ -49,9 +50,18 @@ def as_prompt_sampler(value: PromptSampler | Mapping[str, Any] | None, name: str
     raise DataError(f"{name}: expected a PromptSampler or a mapping, got {type(value).__name__}")
 
 
-def _check_at_least(key: str, value: float, low: float) -> None:
-    if not value >= low:  # NaN fails too
-        raise DataError(f"{key}={value}: must be >= {low}")
+# The allowed ranges of the data module's numeric arguments, checked in this order (None,
+# an unset `*max_objects_per_image`, is not checked).
+DATA_BOUNDS: dict[str, Bounds] = {
+    "batch_size": AT_LEAST_ONE,
+    "num_workers": NON_NEGATIVE,
+    "automatic_points_per_image": NON_NEGATIVE,
+    "min_area": NON_NEGATIVE,
+    "image_size": Bounds(16),
+    "max_objects_per_image": AT_LEAST_ONE,
+    "val_max_objects_per_image": AT_LEAST_ONE,
+    "max_area_fraction": Bounds(0, 1, low_open=True),  # (0, 1]
+}
 
 
 class SamDataModule(L.LightningDataModule):
@@ -108,19 +118,17 @@ class SamDataModule(L.LightningDataModule):
         instance_targets: bool = False,
     ) -> None:
         super().__init__()
-        _check_at_least("data.batch_size", batch_size, 1)
-        _check_at_least("data.num_workers", num_workers, 0)
-        _check_at_least("data.automatic_points_per_image", automatic_points_per_image, 0)
-        _check_at_least("data.min_area", min_area, 0)
-        _check_at_least("data.image_size", image_size, 16)
-        for key, value in (
-            ("data.max_objects_per_image", max_objects_per_image),
-            ("data.val_max_objects_per_image", val_max_objects_per_image),
-        ):
-            if value is not None:
-                _check_at_least(key, value, 1)
-        if not 0 < max_area_fraction <= 1:
-            raise DataError(f"data.max_area_fraction={max_area_fraction}: must be in (0, 1]")
+        numbers = {
+            "batch_size": batch_size,
+            "num_workers": num_workers,
+            "automatic_points_per_image": automatic_points_per_image,
+            "min_area": min_area,
+            "image_size": image_size,
+            "max_objects_per_image": max_objects_per_image,
+            "val_max_objects_per_image": val_max_objects_per_image,
+            "max_area_fraction": max_area_fraction,
+        }
+        check_bounds(numbers, DATA_BOUNDS, "data", error=DataError)
         self.specs = {"train": train, "val": val, "test": test}
         self.image_size = int(image_size)
         self.resize_interpolation = resize_interpolation

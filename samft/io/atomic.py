@@ -7,7 +7,7 @@ error surfaces deep in a callback. Here a save writes `.<name>.tmp` in the targe
 fsyncs it and renames it over the target, so the target is always a whole file; on any
 error the temporary file is removed and an `OutputError` names the path and the OS error.
 Before `last*.ckpt` is replaced, the old file is kept as `<name>.prev`: a resume from a
-damaged `last.ckpt` falls back to it (`samft.commands.train.resume_checkpoint`).
+damaged `last.ckpt` falls back to it (`samft.commands.resume.resume_point`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from samft.train.bounds import (
+from samft.bounds import (
     AT_LEAST_ONE,
     FRACTION,
     NON_NEGATIVE,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from samft.train.bounds import FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY_BELOW_ONE, Bounds
+from samft.bounds import FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY_BELOW_ONE, Bounds
 
 # Parameters whose name contains one of these never get weight decay: position embeddings
 # (absolute and relative), TinyViT's attention biases and the learned prompt embeddings are

@@ -8,9 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from reference_sam2 import build_tiny_meta, import_sam2, perturb_
+from reference_sam2 import import_sam2, save_meta_tiny
 
 from samft.__main__ import main
 from samft.model.sam2.image_encoder import feature_sizes
@@ -25,10 +24,8 @@ PROMPTS = [
 @pytest.mark.usefixtures("one_thread")
 def test_predict_on_a_meta_sam2_checkpoint(shared_data, tmp_path, monkeypatch):
     meta = import_sam2()
-    torch.manual_seed(0)
-    ref = perturb_(build_tiny_meta(), seed=7)
     checkpoint = tmp_path / "sam2_tiny.pt"
-    torch.save({"model": ref.state_dict()}, checkpoint)  # as Meta ships SAM 2
+    ref = save_meta_tiny(checkpoint, seed=7)  # as Meta ships SAM 2
     photos = tmp_path / "photos"
     photos.mkdir()
     shutil.copy(shared_data / "dsb-nuclei" / "val" / "images" / IMAGE, photos / IMAGE)

@@ -9,9 +9,8 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from reference_sam2 import build_tiny_meta, import_sam2, perturb_
+from reference_sam2 import import_sam2, save_meta_tiny
 
 from samft.__main__ import main
 from samft.model.sam2.image_encoder import feature_sizes
@@ -27,11 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def meta_file(tmp_path_factory):
     """(Meta's tiny SAM 2 saved as Meta ships checkpoints, that model, Meta's package)."""
     meta = import_sam2()
-    torch.manual_seed(0)
-    ref = perturb_(build_tiny_meta(), seed=7)
     path = tmp_path_factory.mktemp("meta") / "sam2_tiny.pt"
-    torch.save({"model": ref.state_dict()}, path)
-    return path, ref, meta
+    return path, save_meta_tiny(path, seed=7), meta
 
 
 def meta_records(meta, ref, image: np.ndarray, **settings) -> list[dict]:

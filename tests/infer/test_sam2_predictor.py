@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reference_sam2 import build_tiny_meta, import_sam2, perturb_
+from reference_sam2 import build_tiny_meta, import_sam2, save_meta_tiny
 from torch import nn
 
 from samft.infer.predictor import SamPredictor
@@ -36,11 +36,8 @@ def meta():
 @pytest.fixture(scope="module")
 def meta_file(meta, tmp_path_factory) -> tuple[Path, nn.Module]:
     """(a Meta-layout checkpoint of Meta's tiny SAM 2.1-style model, that model)."""
-    torch.manual_seed(0)
-    ref = perturb_(build_tiny_meta(), seed=3)
     path = tmp_path_factory.mktemp("meta") / "sam2_tiny.pt"
-    torch.save({"model": ref.state_dict()}, path)
-    return path, ref
+    return path, save_meta_tiny(path, seed=3)
 
 
 @pytest.fixture(scope="module")

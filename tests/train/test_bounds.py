@@ -11,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from samft.__main__ import main
+from samft.bounds import Bounds
 from samft.commands.schema import (
     AUTOMATIC_MASK_SETTINGS,
     TRAINER_BOUNDS,
@@ -18,7 +19,6 @@ from samft.commands.schema import (
     check_settings,
 )
 from samft.data.datamodule import SamDataModule
-from samft.train.bounds import Bounds
 from samft.train.config import FinetuneConfig, LossConfig, ModelConfig, as_config
 from samft.train.optim import OptimConfig
 

@@ -3,7 +3,8 @@
 A typed config says what type a key takes; `Bounds` says which values of it make sense
 (`loss.focal_weight=-1` would train a negated objective without a word). Each config
 dataclass, data module or command lists its bounds by key; `check_bounds` raises one
-ValueError naming the key, the value and the allowed range.
+ValueError (or the caller's subclass of it) naming the key, the value and the allowed range.
+Neutral ground: `samft.data` and `samft.train` both use it, and it imports neither.
 """
 
 from __future__ import annotations
@@ -48,8 +49,14 @@ FRACTION = Bounds(0, 1)  # [0, 1]
 PROBABILITY_BELOW_ONE = Bounds(0, 1, high_open=True)  # [0, 1)
 
 
-def check_bounds(values: Mapping[str, Any], bounds: Mapping[str, Bounds], group: str) -> None:
-    """ValueError `group.key=value: must be RANGE` for the first value outside its bounds.
+def check_bounds(
+    values: Mapping[str, Any],
+    bounds: Mapping[str, Bounds],
+    group: str,
+    error: type[ValueError] = ValueError,
+) -> None:
+    """`error` (ValueError or a subclass) `group.key=value: must be RANGE` for the first
+    value outside its bounds, in the order of `bounds`.
 
     None (an unset optional key) and non-numbers are left to the type check; a list is
     checked item by item."""
@@ -62,4 +69,4 @@ def check_bounds(values: Mapping[str, Any], bounds: Mapping[str, Bounds], group:
             if not allowed.contains(item):
                 name = f"{group}.{key}" if group else key
                 interval = allowed.low is not None and allowed.high is not None
-                raise ValueError(f"{name}={value!r}: must be {'in ' if interval else ''}{allowed}")
+                raise error(f"{name}={value!r}: must be {'in ' if interval else ''}{allowed}")
