@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
             grid_labels = records_to_labels(grid.generate(image), image.shape)
             head_labels = segmenter.labels(image)
         panels = [
-            (f"{Path(record.path).name}: {int(truth.max())} nuclei", truth),
+            (f"{Path(record.path).name}: {int(truth.max())} annotated", truth),
             (title("grid", grid_labels, truth), grid_labels),
             (title("head", head_labels, truth), head_labels),
         ]
