@@ -12,17 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from cached_training import fit_on_cached_embeddings
 
-from samft.data.collate import collate_samples
 from samft.data.dataset import SamDataset
 from samft.data.prompts import PromptSampler
 from samft.data.readers import build_reader
 from samft.evaluate.prompted import evaluate_checkpoint
-from samft.model import batched
 from samft.train.module import SamFineTuner
 
 # one positive point per object: the pixel farthest from its border (best of 3 masks)
@@ -38,13 +35,6 @@ CENTRE_POINT = {
 # (the first ~10 steps pass through near-empty masks before the point answers form)
 MARGIN = 0.15
 TRAIN_IMAGES, VAL_IMAGES, VAL_OBJECTS = 8, 6, 4
-
-
-class MemoryEmbeddings(dict):
-    """(image path, orientation) -> C x h x w embedding, the `EmbeddingSource` protocol."""
-
-    def get(self, path, orientation):  # noqa: D102 - dict.get with the protocol's meaning
-        return self[(path, orientation)]
 
 
 def _split(dsb: Path, split: str) -> dict:
@@ -76,26 +66,7 @@ def test_decoder_finetune_raises_one_point_miou(shared_data, tmp_path):
         ),
         max_objects_per_image=8,
     )
-    embeddings = MemoryEmbeddings()
-    with torch.no_grad():
-        for index in range(len(train)):
-            image = train[index]["image"]
-            embeddings[(train.record(index).path, "none")] = batched.encode_images(
-                module.model, [image]
-            )[0]
-    train.use_embeddings(embeddings, (0.0, 0.0))
-    loader = DataLoader(train, batch_size=2, shuffle=True, collate_fn=collate_samples)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=24,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, train_dataloaders=loader)
-    checkpoint = tmp_path / "tuned.ckpt"
-    trainer.save_checkpoint(checkpoint)
+    checkpoint = fit_on_cached_embeddings(module, train, 2, 24, tmp_path / "tuned.ckpt")
 
     scores = {}
     for name, path in (("zero_shot", "litemedsam"), ("tuned", str(checkpoint))):

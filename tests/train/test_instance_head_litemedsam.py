@@ -2,25 +2,23 @@
 nuclei images, beats the point grid of the same checkpoint on held-out images (issue 27's
 claim at test scale; docs/results.md has the full-scale run).
 
-As in `test_finetune_litemedsam.py`, each training image is encoded once and its embedding
-served from memory (what `samft cache` does from disk); the loop is Lightning's, the scores
-are `eval mode=instance`'s (`evaluate_head`, `evaluate_automatic`) on val images.
+As in `test_finetune_litemedsam.py` (both through `cached_training.py`), each training
+image is encoded once and its embedding served from memory (what `samft cache` does from
+disk); the loop is Lightning's, the scores are `eval mode=instance`'s (`evaluate_head`,
+`evaluate_automatic`) on val images.
 """
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from cached_training import fit_on_cached_embeddings
 
-from samft.data.collate import collate_samples
 from samft.data.dataset import SamDataset
 from samft.data.prompts import PromptSampler
 from samft.data.readers import build_reader
 from samft.evaluate.automatic import evaluate_automatic
 from samft.evaluate.head import evaluate_head
-from samft.model import batched
 from samft.train.module import SamFineTuner
 
 TRAIN_IMAGES, VAL_IMAGES, STEPS = 16, 6, 200
@@ -28,13 +26,6 @@ TRAIN_IMAGES, VAL_IMAGES, STEPS = 16, 6, 200
 # val). Measured (this test, 2-core CPU, 3 min 40 s): head mSA 0.257 / SA50 0.472, grid
 # 0.000 / 0.000 (120 steps on 8 images gave the head only 0.109: too short to learn)
 MIN_HEAD_MSA, MARGIN = 0.18, 0.15
-
-
-class MemoryEmbeddings(dict):
-    """(image path, orientation) -> C x h x w embedding, the `EmbeddingSource` protocol."""
-
-    def get(self, path, orientation):  # noqa: D102 - dict.get with the protocol's meaning
-        return self[(path, orientation)]
 
 
 def _split(shared_data, split: str) -> dict:
@@ -62,26 +53,7 @@ def test_a_head_trained_on_nuclei_beats_the_grid_on_held_out_images(shared_data,
         max_objects_per_image=1,
         instance_targets=True,
     )
-    embeddings = MemoryEmbeddings()
-    with torch.no_grad():
-        for index in range(len(train)):
-            image = train[index]["image"]
-            embeddings[(train.record(index).path, "none")] = batched.encode_images(
-                module.model, [image]
-            )[0]
-    train.use_embeddings(embeddings, (0.0, 0.0))
-    loader = DataLoader(train, batch_size=4, shuffle=True, collate_fn=collate_samples)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=STEPS,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, train_dataloaders=loader)
-    checkpoint = tmp_path / "head.ckpt"
-    trainer.save_checkpoint(checkpoint)
+    checkpoint = fit_on_cached_embeddings(module, train, 4, STEPS, tmp_path / "head.ckpt")
 
     val = _split(shared_data, "val")
     head = evaluate_head(checkpoint, val, max_images=VAL_IMAGES, device="cpu").summary.metrics
