@@ -188,3 +188,22 @@ def test_eval_searches_the_smallest_instance_size(trained, nuclei, monkeypatch):
     by_hand = instance_scores(seeded_watershed(*maps, min_size=4), truth)
     assert result.summary.metrics["mSA"] == pytest.approx(by_hand["mSA"])
     assert result.summary.metrics["n_pred"] == by_hand["n_pred"]
+
+
+@pytest.mark.parametrize("sizes", ["[-4]", "[8,2.5]"])
+def test_eval_refuses_a_min_size_that_is_not_a_pixel_count(
+    sizes, trained, nuclei, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    with pytest.raises(SystemExit) as stopped:
+        main(
+            [
+                "samft", "eval", "mode=instance", f"checkpoint={trained}", "trainer=cpu",
+                "data=folder", f"data.val.images={nuclei / 'images'}",
+                f"data.val.masks={nuclei / 'masks'}", f"instance.min_sizes={sizes}",
+            ]
+        )  # fmt: skip
+    assert stopped.value.code != 0
+    assert "sizes are whole pixel counts >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "eval.json").exists()
